@@ -1,0 +1,1 @@
+//! Request-queue-depth autoscaler: pure decision arithmetic and the pod metrics scraper.

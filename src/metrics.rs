@@ -1,0 +1,1 @@
+//! Prometheus metrics of the data plane (exported by the proxy's admin listener).

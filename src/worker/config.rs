@@ -1,0 +1,133 @@
+//! Command-line options of the worker server, shared by `kubewsgi worker` and `kubewsgi run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// What to load and how to run it: the gunicorn-like options.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerOpts {
+    /// The WSGI app: `module:callable`, `module:factory()` or `path/file.py:callable`.
+    #[arg(value_name = "APP", env = "KUBEWSGI_APP")]
+    pub app: String,
+
+    /// Change to this directory before loading the app (it is put first on `sys.path`).
+    #[arg(long, env = "KUBEWSGI_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Python virtualenv whose packages the app uses (default: `$VIRTUAL_ENV`).
+    #[arg(long, env = "VIRTUAL_ENV", value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+
+    /// Number of worker processes.
+    #[arg(long, env = "KUBEWSGI_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+
+    /// Python threads per worker process.
+    #[arg(long, env = "KUBEWSGI_THREADS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: u32,
+
+    /// In-pod autoscaling: fewest worker processes kept while idle.
+    #[arg(long, env = "KUBEWSGI_MIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_workers: Option<u32>,
+
+    /// In-pod autoscaling: most worker processes started while requests wait.
+    #[arg(long, env = "KUBEWSGI_MAX_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_workers: Option<u32>,
+
+    /// A request running longer than this many seconds gets 504 and its worker is replaced (0 = never).
+    #[arg(long, env = "KUBEWSGI_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// Seconds in-flight requests get to finish on SIGTERM, SIGHUP or recycling.
+    #[arg(long, env = "KUBEWSGI_GRACEFUL_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub graceful_timeout: Duration,
+
+    /// Recycle a worker process after this many requests (0 = never).
+    #[arg(long, env = "KUBEWSGI_MAX_REQUESTS", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Add a random 0..=N to `--max-requests` per worker so they do not all recycle at once.
+    #[arg(long, env = "KUBEWSGI_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Seconds an idle keep-alive connection is held open.
+    #[arg(long, env = "KUBEWSGI_KEEP_ALIVE", default_value = "5", value_parser = parse_seconds)]
+    pub keep_alive: Duration,
+
+    /// Restart workers when a Python source file under the app directory changes (development).
+    #[arg(long, env = "KUBEWSGI_RELOAD")]
+    pub reload: bool,
+}
+
+/// Parses a duration given in (possibly fractional) seconds: `30`, `0.5`.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` must be a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl WorkerOpts {
+    /// These options as `kubewsgi worker` arguments, so a parent can start the worker server with them.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![self.app.clone().into()];
+        let mut opt = |k: &str, v: std::ffi::OsString| {
+            a.push(k.into());
+            a.push(v);
+        };
+        if let Some(d) = &self.chdir {
+            opt("--chdir", d.clone().into());
+        }
+        if let Some(v) = &self.venv {
+            opt("--venv", v.clone().into());
+        }
+        opt("--workers", self.workers.to_string().into());
+        opt("--threads", self.threads.to_string().into());
+        if let Some(n) = self.min_workers {
+            opt("--min-workers", n.to_string().into());
+        }
+        if let Some(n) = self.max_workers {
+            opt("--max-workers", n.to_string().into());
+        }
+        opt("--timeout", self.timeout.as_secs_f64().to_string().into());
+        opt("--graceful-timeout", self.graceful_timeout.as_secs_f64().to_string().into());
+        opt("--max-requests", self.max_requests.to_string().into());
+        opt("--max-requests-jitter", self.max_requests_jitter.to_string().into());
+        opt("--keep-alive", self.keep_alive.as_secs_f64().to_string().into());
+        if self.reload {
+            a.push("--reload".into());
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        opts: WorkerOpts,
+    }
+
+    #[test]
+    fn to_args_round_trips() {
+        let cmd = Cmd::parse_from(["x", "app:make()", "--workers", "3", "--timeout", "2.5", "--max-workers", "5", "--reload"]);
+        let again = Cmd::parse_from(std::iter::once("x".into()).chain(cmd.opts.to_args()));
+        assert_eq!(format!("{:?}", cmd.opts), format!("{:?}", again.opts));
+        assert_eq!(again.opts.timeout, Duration::from_millis(2500));
+        assert_eq!(again.opts.max_workers, Some(5));
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("abc").is_err());
+    }
+}
