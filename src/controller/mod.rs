@@ -1,8 +1,46 @@
 //! The operator: reconciles `WsgiApp` resources into Deployments, Services and PodDisruptionBudgets.
+//!
+//! - [`reconcile`]: one reconcile (server-side apply, status, events) and the error backoff.
+//! - [`pod`], [`objects`], [`labels`]: the objects a WsgiApp becomes.
+//! - [`scale`]: who owns the replicas (spec, builtin autoscaler, HPA).
+//! - [`status`]: conditions from the Deployment and the pods.
+//! - [`leader`]: leader election on a Lease.
+//! - [`http`], [`metrics`]: the operator's `/metrics`, `/healthz`, `/readyz`.
+
+pub mod http;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod objects;
+pub mod pod;
+pub mod reconcile;
+pub mod scale;
+pub mod status;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::Args;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::crd::WsgiApp;
+
+/// Proxy image used when a WsgiApp does not name one.
+pub const DEFAULT_PROXY_IMAGE: &str = concat!("kubewsgi/kubewsgi:", env!("CARGO_PKG_VERSION"));
 
 /// `kubewsgi controller`.
 #[derive(Args, Debug, Clone)]
@@ -18,19 +56,224 @@ pub struct ControllerArgs {
     /// Take a `coordination.k8s.io` Lease so only one replica reconciles.
     #[arg(long, env = "KUBEWSGI_LEADER_ELECT")]
     pub leader_elect: bool,
+
+    /// Namespace of the leader Lease (default: `POD_NAMESPACE`, else the kubeconfig's namespace).
+    #[arg(long, env = "KUBEWSGI_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "KUBEWSGI_LEASE_NAME",
+        default_value = "kubewsgi-controller"
+    )]
+    pub lease_name: String,
+
+    /// Image of the pods' proxy container unless a WsgiApp sets `spec.proxy.image`.
+    #[arg(long, env = "KUBEWSGI_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+
+    /// Seconds between reconciles of an unchanged WsgiApp.
+    #[arg(long, env = "KUBEWSGI_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
 }
 
 /// Errors of the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Bad command-line configuration.
     #[error("{0}")]
     Config(String),
+    /// A WsgiApp the controller cannot act on.
+    #[error("invalid WsgiApp: {0}")]
+    Invalid(String),
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Reading the kubeconfig or in-cluster config failed.
+    #[error("Kubernetes client configuration: {0}")]
+    Client(String),
+    /// The metrics listener or the runtime failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Another replica took the leader Lease.
+    #[error("lost the leader lease")]
+    LeaseLost,
 }
 
 /// Result alias of the operator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs the operator until SIGTERM.
-pub fn main(_args: ControllerArgs) -> Result<()> {
-    Err(Error::Config("controller not built yet".into()))
+/// Runs the operator until SIGTERM or SIGINT.
+pub fn main(args: ControllerArgs) -> Result<()> {
+    if args.proxy_image.trim().is_empty() {
+        return Err(Error::Config("--proxy-image must not be empty".into()));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: ControllerArgs) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let health = Arc::new(http::Health {
+        ready: Default::default(),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on --metrics-addr {}: {e}",
+                args.metrics_addr
+            ))
+        })?;
+    info!(addr = %listener.local_addr()?, "metrics and health endpoints listening");
+    let server = tokio::spawn(http::serve(listener, health.clone()));
+
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Error::Client(e.to_string()))?;
+    let version = client.apiserver_version().await?;
+    info!(version = %version.git_version, "connected to the API server");
+    health.ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "kubewsgi".into());
+    let identity = format!("{identity}_{}", std::process::id());
+
+    let mut elector = None;
+    if args.leader_elect {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let mut e = leader::LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            args.lease_name.clone(),
+            identity.clone(),
+        );
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            r = e.acquire() => r?,
+            _ = wait_true(&mut stop) => { server.abort(); return Ok(()); }
+        }
+        elector = Some(e);
+    }
+    metrics.leader.set(1);
+
+    let ctx = Arc::new(reconcile::Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kubewsgi".into(),
+                instance: Some(identity),
+            },
+        ),
+        proxy_image: args.proxy_image.clone(),
+        resync: Duration::from_secs(args.resync_seconds),
+        metrics: metrics.clone(),
+        failures: Default::default(),
+    });
+
+    // Leadership loss stops the controller like a signal does, and then fails the process.
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let holder = elector.map(|mut e| {
+        let lost_tx = lost_tx.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = e.hold() => { let _ = lost_tx.send(true); }
+                _ = wait_true(&mut stop) => {
+                    if let Err(err) = e.release().await { warn!(error = %err, "releasing the lease failed"); }
+                }
+            }
+        })
+    });
+    let mut stop = stop_rx.clone();
+    let mut lost = lost_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = wait_true(&mut stop) => {}
+            _ = wait_true(&mut lost) => {}
+        }
+    };
+
+    let ns = args.namespace.as_deref();
+    let managed = watcher::Config::default().labels(&labels::managed_filter());
+    let pods = watcher::Config::default().labels(labels::APP);
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "starting the WsgiApp controller"
+    );
+    Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), managed.clone())
+        .owns(api::<Service>(&client, ns), managed.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), managed.clone())
+        .owns(api::<HorizontalPodAutoscaler>(&client, ns), managed)
+        .watches(api::<Pod>(&client, ns), pods, |pod| {
+            let app = pod.labels().get(labels::APP)?;
+            Some(ObjectRef::<WsgiApp>::new(app).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller stream error");
+            }
+        })
+        .await;
+    info!("controller stopped");
+    metrics.leader.set(0);
+    if let Some(h) = holder {
+        let _ = h.await;
+    }
+    server.abort();
+    if *lost_rx.borrow() {
+        return Err(Error::LeaseLost);
+    }
+    Ok(())
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
 }

@@ -1,0 +1,282 @@
+//! The status the controller owns: conditions from the Deployment's rollout and the pods' containers.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde::Serialize;
+
+use super::{labels, objects};
+use crate::crd::{DEGRADED, PROGRESSING, READY, WsgiApp};
+
+/// Container waiting reasons that mean the pod will not become ready by itself.
+const FAILING_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+/// Condition messages keep the end of a long termination message: a traceback's last lines name the error.
+const MAX_MESSAGE: usize = 4000;
+
+/// The status fields the controller writes (the autoscaler writes the others), as a merge patch body.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedStatus {
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub selector: String,
+    pub url: String,
+}
+
+impl OwnedStatus {
+    /// Whether the WsgiApp's current status already says this.
+    pub fn matches(&self, app: &WsgiApp) -> bool {
+        let Some(s) = &app.status else { return false };
+        s.observed_generation == self.observed_generation
+            && s.conditions == self.conditions
+            && s.replicas == Some(self.replicas)
+            && s.ready_replicas == Some(self.ready_replicas)
+            && s.selector.as_deref() == Some(&self.selector)
+            && s.url.as_deref() == Some(&self.url)
+    }
+}
+
+/// One condition before its transition time is settled.
+struct Cond {
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// Computes the controller's status of `app` from its Deployment and pods; condition transition
+/// times carry over from the current status when a condition's status did not change.
+pub fn compute(
+    app: &WsgiApp,
+    deployment: &Deployment,
+    pods: &[Pod],
+    now: Timestamp,
+) -> OwnedStatus {
+    let generation = app.metadata.generation;
+    let conds = conditions(deployment, pods);
+    let old = app.status.clone().unwrap_or_default();
+    let conditions = conds
+        .into_iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let last_transition_time = old
+                .condition(c.type_)
+                .filter(|o| o.status == status)
+                .map(|o| o.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: c.type_.into(),
+                status: status.into(),
+                reason: c.reason.into(),
+                message: c.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+    let st = deployment.status.clone().unwrap_or_default();
+    OwnedStatus {
+        observed_generation: generation,
+        conditions,
+        replicas: st.replicas.unwrap_or(0),
+        ready_replicas: st.ready_replicas.unwrap_or(0),
+        selector: labels::selector_string(&app.name_any()),
+        url: objects::url(app),
+    }
+}
+
+fn conditions(deployment: &Deployment, pods: &[Pod]) -> Vec<Cond> {
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let st = deployment.status.clone().unwrap_or_default();
+    let observed =
+        st.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let (total, updated) = (st.replicas.unwrap_or(0), st.updated_replicas.unwrap_or(0));
+    let (ready, available) = (
+        st.ready_replicas.unwrap_or(0),
+        st.available_replicas.unwrap_or(0),
+    );
+    let dep_cond = |t: &str| st.conditions.iter().flatten().find(|c| c.type_ == t);
+    let deadline = dep_cond("Progressing")
+        .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let replica_failure = dep_cond("ReplicaFailure").filter(|c| c.status == "True");
+    let complete = observed && updated >= desired && total == updated && available >= desired;
+
+    let ready_cond = if desired == 0 {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: "ScaledToZero",
+            message: "0 pods desired".into(),
+        }
+    } else if complete {
+        Cond {
+            type_: READY,
+            status: true,
+            reason: "AllPodsReady",
+            message: format!("{ready}/{desired} pods ready"),
+        }
+    } else {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: "PodsNotReady",
+            message: format!(
+                "{available}/{desired} pods available, {updated} updated to the current spec"
+            ),
+        }
+    };
+
+    let progressing = if let Some(c) = deadline {
+        Cond {
+            type_: PROGRESSING,
+            status: false,
+            reason: "ProgressDeadlineExceeded",
+            message: c.message.clone().unwrap_or_default(),
+        }
+    } else if complete {
+        Cond {
+            type_: PROGRESSING,
+            status: false,
+            reason: "RolloutComplete",
+            message: format!("{desired} pods run the current spec"),
+        }
+    } else if !observed || updated < desired || total > updated {
+        Cond {
+            type_: PROGRESSING,
+            status: true,
+            reason: "RollingOut",
+            message: format!(
+                "{updated}/{desired} pods updated, {} old pods remaining",
+                (total - updated).max(0)
+            ),
+        }
+    } else {
+        Cond {
+            type_: PROGRESSING,
+            status: true,
+            reason: "WaitingForPods",
+            message: format!("{available}/{desired} pods available"),
+        }
+    };
+
+    let degraded = if let Some(f) = pod_failure(pods) {
+        Cond {
+            type_: DEGRADED,
+            status: true,
+            reason: f.reason,
+            message: f.message,
+        }
+    } else if let Some(c) = deadline {
+        Cond {
+            type_: DEGRADED,
+            status: true,
+            reason: "ProgressDeadlineExceeded",
+            message: c.message.clone().unwrap_or_default(),
+        }
+    } else if let Some(c) = replica_failure {
+        Cond {
+            type_: DEGRADED,
+            status: true,
+            reason: "ReplicaFailure",
+            message: c.message.clone().unwrap_or_default(),
+        }
+    } else {
+        Cond {
+            type_: DEGRADED,
+            status: false,
+            reason: "AsExpected",
+            message: String::new(),
+        }
+    };
+    vec![ready_cond, progressing, degraded]
+}
+
+struct PodFailure {
+    reason: &'static str,
+    message: String,
+}
+
+/// The first failing container among the pods (by pod name, for a stable message), with its
+/// termination message: for the app container, the import traceback the worker wrote.
+fn pod_failure(pods: &[Pod]) -> Option<PodFailure> {
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    pods.sort_by_key(|p| p.name_any());
+    pods.into_iter().find_map(|p| {
+        let st = p.status.as_ref()?;
+        let all = st
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(st.container_statuses.iter().flatten());
+        all.into_iter()
+            .find_map(|cs| container_failure(&p.name_any(), cs))
+    })
+}
+
+fn container_failure(pod: &str, cs: &ContainerStatus) -> Option<PodFailure> {
+    let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+    let waiting_reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");
+    let reason = FAILING_REASONS
+        .iter()
+        .copied()
+        .find(|r| *r == waiting_reason)?;
+    let terminated = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let mut message = format!("pod {pod} container {}: {reason}", cs.name);
+    if let Some(t) = terminated {
+        message.push_str(&format!(" (exit code {})", t.exit_code));
+        if let Some(m) = t.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            message.push_str(": ");
+            message.push_str(m.trim_end());
+        }
+    } else if let Some(m) = waiting.and_then(|w| w.message.as_deref()) {
+        message.push_str(": ");
+        message.push_str(m);
+    }
+    Some(PodFailure {
+        reason,
+        message: tail(message),
+    })
+}
+
+fn tail(s: String) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s;
+    }
+    let mut cut = s.len() - MAX_MESSAGE;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("…{}", &s[cut..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_keep_their_end() {
+        let s = format!("{}Error: the end", "é".repeat(3000));
+        let t = tail(s);
+        assert!(t.len() <= MAX_MESSAGE + 3);
+        assert!(t.ends_with("Error: the end"));
+    }
+}
