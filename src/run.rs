@@ -1,11 +1,21 @@
 //! `kubewsgi run`: the local default, proxy and worker server wired exactly as in a pod.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::proxy::ProxyOpts;
+use crate::proxy::{self, ProxyOpts};
 use crate::worker::WorkerOpts;
+
+/// How long `run` waits for the app to import before it announces itself anyway.
+const READY_WAIT: Duration = Duration::from_secs(120);
 
 /// `kubewsgi run APP`.
 #[derive(Args, Debug, Clone)]
@@ -25,16 +35,129 @@ pub struct RunArgs {
     pub admin: Option<SocketAddr>,
 }
 
-/// Runs proxy and worker server until SIGTERM/SIGINT has drained both.
-pub fn main(_args: RunArgs) -> anyhow_free::Result<()> {
-    Err(anyhow_free::Error::NotBuilt)
+/// Errors of `kubewsgi run`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Proxy(#[from] proxy::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+    /// The worker server stopped on its own (e.g. the app cannot be imported).
+    #[error("the worker server exited ({0}); the app could not be served, see its output above")]
+    WorkerExited(ExitStatus),
 }
 
-mod anyhow_free {
-    #[derive(Debug, thiserror::Error)]
-    pub enum Error {
-        #[error("kubewsgi run is not built yet")]
-        NotBuilt,
+/// Result alias of `kubewsgi run`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+/// Runs proxy and worker server until SIGTERM/SIGINT has drained both.
+pub fn main(args: RunArgs) -> Result<()> {
+    proxy::runtime()
+        .map_err(io("starting the runtime"))?
+        .block_on(run(args))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    // mkdtemp: private (0700) to this user, removed on exit.
+    let dir = tempfile::Builder::new()
+        .prefix("kubewsgi-run-")
+        .tempdir()
+        .map_err(io("creating the socket directory"))?;
+    let app_sock = dir.path().join("app.sock");
+    let control_sock = dir.path().join("control.sock");
+    let tls = args.proxy.tls_cert.is_some();
+    let running = proxy::start(proxy::Config {
+        opts: args.proxy.clone(),
+        listen: args.bind,
+        admin: args.admin,
+        upstream: format!("unix:{}", app_sock.display()),
+        control_socket: control_sock.clone(),
+    })
+    .await?;
+
+    let mut child = spawn_worker(&args.worker, &app_sock, &control_sock)?;
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    let mut hup = signal(SignalKind::hangup()).map_err(io("installing signal handlers"))?;
+
+    let mut worker = running.worker.clone();
+    tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(io("waiting for the worker server"))?;
+            running.drain().await;
+            return Err(Error::WorkerExited(status));
+        }
+        ready = tokio::time::timeout(READY_WAIT, worker.wait_for(|w| w.ready)) => {
+            if ready.is_err() {
+                tracing::warn!("the app is not ready after {}s; serving anyway", READY_WAIT.as_secs());
+            }
+        }
     }
-    pub type Result<T> = std::result::Result<T, Error>;
+    let scheme = if tls { "https" } else { "http" };
+    let admin = match running.admin_addr {
+        Some(a) => format!("admin http://{a}"),
+        None => "no admin listener".into(),
+    };
+    println!(
+        "kubewsgi: serving {} on {scheme}://{} ({admin})",
+        args.worker.app, running.local_addr
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let exited = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status.map_err(io("waiting for the worker server"))?),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the worker server");
+                if let Some(pid) = pid {
+                    let _ = kill(pid, Signal::SIGHUP);
+                }
+            }
+            r = proxy::terminated() => {
+                r.map_err(io("installing signal handlers"))?;
+                break None;
+            }
+        }
+    };
+    if let Some(status) = exited {
+        running.drain().await;
+        return Err(Error::WorkerExited(status));
+    }
+    tracing::info!("shutting down: draining the proxy, then the worker server");
+    running.drain().await;
+    if let Some(pid) = pid {
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    let grace = args.worker.graceful_timeout + Duration::from_secs(5);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("the worker server did not stop in time; killing it");
+            let _ = child.kill().await;
+        }
+    }
+    Ok(())
+}
+
+fn spawn_worker(opts: &WorkerOpts, app_sock: &Path, control_sock: &Path) -> Result<Child> {
+    let exe = std::env::current_exe().map_err(io("finding the kubewsgi executable"))?;
+    Command::new(exe)
+        .arg("worker")
+        .args(opts.to_args())
+        .arg("--socket")
+        .arg(app_sock)
+        .arg("--control-socket")
+        .arg(control_sock)
+        .arg("--max-boot-failures")
+        .arg("1")
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("starting the worker server"))
 }

@@ -30,6 +30,10 @@ pub struct ProxyOpts {
     #[arg(long, env = "KUBEWSGI_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 
+    /// Upstream responses larger than this are spooled to a temporary file instead of memory.
+    #[arg(long, env = "KUBEWSGI_RESPONSE_BUFFER_SIZE", default_value = "1m", value_parser = parse_size)]
+    pub response_buffer_size: u64,
+
     /// Seconds a client may take to send its request head or body; slower gets 408.
     #[arg(long, env = "KUBEWSGI_CLIENT_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
     pub client_timeout: Duration,
@@ -42,16 +46,30 @@ pub struct ProxyOpts {
     #[arg(long, env = "KUBEWSGI_QUEUE_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
     pub queue_timeout: Duration,
 
+    /// Seconds in-flight requests get to finish after SIGTERM before connections are closed.
+    #[arg(long, env = "KUBEWSGI_DRAIN_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub drain_timeout: Duration,
+
     /// Most client connections held open at once; further ones wait in the listen backlog.
     #[arg(long, env = "KUBEWSGI_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
     /// PEM certificate chain; with `--tls-key`, clients speak TLS (HTTP/2 and HTTP/1.1 by ALPN).
-    #[arg(long, env = "KUBEWSGI_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "KUBEWSGI_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "KUBEWSGI_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "KUBEWSGI_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// Access log format: `combined`, `json` or `off`.
@@ -75,7 +93,9 @@ pub struct StaticMount {
 impl StaticMount {
     /// Parses `URL=DIR`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (url, dir) = s.split_once('=').ok_or_else(|| format!("`{s}` is not URL=DIR"))?;
+        let (url, dir) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not URL=DIR"))?;
         if !url.starts_with('/') {
             return Err(format!("static URL `{url}` must start with `/`"));
         }
@@ -83,7 +103,14 @@ impl StaticMount {
             return Err(format!("static mount `{s}` has no directory"));
         }
         let url = url.trim_end_matches('/');
-        Ok(Self { url: if url.is_empty() { "/".into() } else { url.into() }, dir: PathBuf::from(dir) })
+        Ok(Self {
+            url: if url.is_empty() {
+                "/".into()
+            } else {
+                url.into()
+            },
+            dir: PathBuf::from(dir),
+        })
     }
 }
 
@@ -108,8 +135,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some('g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size like 1048576, 512k or 1m"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 1048576, 512k or 1m"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]

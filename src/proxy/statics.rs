@@ -1,0 +1,192 @@
+//! Static files for `--static URL=DIR`, served by tower-http's `ServeDir` (ETag, Last-Modified,
+//! 304, Range, precompressed `.gz`/`.br`, content types).
+//!
+//! `ServeDir` refuses `..` (also percent-encoded) but follows symlinks; a canonical-path check
+//! here keeps every served file inside DIR.
+
+use std::path::{Component, Path, PathBuf};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use percent_encoding::percent_decode_str;
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
+
+use super::buffer::{ProxyBody, full};
+use super::config::StaticMount;
+
+const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+
+struct Mount {
+    url: String,
+    root: PathBuf,
+    serve: ServeDir,
+}
+
+/// All static mounts, longest URL prefix first.
+pub struct Statics(Vec<Mount>);
+
+impl Statics {
+    /// Checks every DIR exists and is a directory.
+    pub fn new(mounts: &[StaticMount]) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for m in mounts {
+            let root = std::fs::canonicalize(&m.dir)
+                .map_err(|e| format!("static directory {} for {}: {e}", m.dir.display(), m.url))?;
+            if !root.is_dir() {
+                return Err(format!(
+                    "static directory {} for {} is not a directory",
+                    m.dir.display(),
+                    m.url
+                ));
+            }
+            let prefix = if m.url == "/" {
+                String::new()
+            } else {
+                m.url.clone()
+            };
+            let serve = ServeDir::new(&root)
+                .precompressed_br()
+                .precompressed_gzip()
+                .redirect_path_prefix(prefix.clone());
+            out.push(Mount {
+                url: prefix,
+                root,
+                serve,
+            });
+        }
+        out.sort_by_key(|m| std::cmp::Reverse(m.url.len()));
+        Ok(Self(out))
+    }
+
+    /// The mount serving `path` and the path inside it, if any.
+    fn find<'a>(&self, path: &'a str) -> Option<(&Mount, &'a str)> {
+        self.0.iter().find_map(|m| {
+            let rest = path.strip_prefix(m.url.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
+        })
+    }
+
+    /// True when `path` belongs to a static mount.
+    pub fn matches(&self, path: &str) -> bool {
+        self.find(path).is_some()
+    }
+
+    /// Serves a request whose path [`Statics::matches`].
+    pub async fn serve<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let Some((mount, rest)) = self.find(req.uri().path()) else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        if escapes(&mount.root, rest).await {
+            return status(StatusCode::NOT_FOUND);
+        }
+        let uri = match req.uri().query() {
+            Some(q) => format!("/{}?{q}", rest.trim_start_matches('/')),
+            None => format!("/{}", rest.trim_start_matches('/')),
+        };
+        let mut inner = Request::builder().method(req.method().clone()).uri(uri);
+        if let Some(h) = inner.headers_mut() {
+            *h = req.headers().clone();
+        }
+        let Ok(inner) = inner.body(http_body_util::Empty::<bytes::Bytes>::new()) else {
+            return status(StatusCode::BAD_REQUEST);
+        };
+        let Ok(resp) = mount.serve.clone().oneshot(inner).await;
+        let hashed = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
+        let mut resp = resp.map(|b| b.map_err(Into::into).boxed_unsync());
+        if hashed && is_hashed_name(rest) {
+            resp.headers_mut().insert(header::CACHE_CONTROL, IMMUTABLE);
+        }
+        resp
+    }
+}
+
+fn status(code: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(full(code.canonical_reason().unwrap_or("")));
+    *r.status_mut() = code;
+    r
+}
+
+/// True when the file (or a precompressed variant) resolves outside `root`, e.g. through a symlink.
+async fn escapes(root: &Path, rest: &str) -> bool {
+    let Ok(decoded) = percent_decode_str(rest.trim_start_matches('/')).decode_utf8() else {
+        return false;
+    };
+    let mut path = root.to_path_buf();
+    for c in Path::new(&*decoded).components() {
+        match c {
+            Component::Normal(n) => path.push(n),
+            // ServeDir refuses these itself.
+            _ => return false,
+        }
+    }
+    let mut candidates = vec![path.clone()];
+    for ext in ["gz", "br"] {
+        let mut p = path.clone().into_os_string();
+        p.push(".");
+        p.push(ext);
+        candidates.push(p.into());
+    }
+    candidates.push(path.join("index.html"));
+    for c in candidates {
+        if let Ok(real) = tokio::fs::canonicalize(&c).await
+            && !real.starts_with(root)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// File names carrying a content hash (`app.3f2a9c1b.js`, Django's `app.3f2a9c1b0e12.css`,
+/// `chunk-3f2a9c1b.js`): safe to cache for a year.
+fn is_hashed_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let stem = match name.rsplit_once('.') {
+        Some((s, _ext)) => s,
+        None => return false,
+    };
+    stem.split(['.', '-', '_']).skip(1).any(|seg| {
+        (8..=64).contains(&seg.len())
+            && seg.bytes().all(|c| c.is_ascii_hexdigit())
+            && seg.bytes().any(|c| c.is_ascii_digit())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_names() {
+        assert!(is_hashed_name("/js/app.3f2a9c1b.js"));
+        assert!(is_hashed_name("/css/site.1a2b3c4d5e6f.css"));
+        assert!(is_hashed_name("/chunk-0123abcd.js"));
+        assert!(is_hashed_name("/app.3f2a9c1b.js.gz"));
+        assert!(!is_hashed_name("/app.js"));
+        assert!(!is_hashed_name("/3f2a9c1b.js"));
+        assert!(!is_hashed_name("/deadbeefcafe/app.js"));
+        assert!(!is_hashed_name("/jquery.min.js"));
+        assert!(
+            !is_hashed_name("/app.abcdefab.js"),
+            "all letters: a word, not a hash"
+        );
+    }
+
+    #[test]
+    fn mount_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Statics::new(&[
+            StaticMount::parse(&format!("/static={}", dir.path().display())).unwrap(),
+            StaticMount::parse(&format!("/static/deep={}", dir.path().display())).unwrap(),
+        ])
+        .unwrap();
+        assert!(s.matches("/static"));
+        assert!(s.matches("/static/a.css"));
+        assert!(!s.matches("/staticky"));
+        assert!(!s.matches("/"));
+        assert_eq!(s.find("/static/deep/x").unwrap().0.url, "/static/deep");
+        assert!(Statics::new(&[StaticMount::parse("/s=/nonexistent/dir").unwrap()]).is_err());
+    }
+}
