@@ -12,7 +12,8 @@
 //! use kubewsgi::autoscaler::{Autoscaler, Policy, ScrapeTarget, Scraper};
 //!
 //! let scraper = Scraper::new(); // shared by all apps; reuses connections
-//! let mut scaler = Autoscaler::new(Policy::default())?; // kept across ticks
+//! let spec = kubewsgi::crd::Autoscaling::default(); // app.spec.autoscaling
+//! let mut scaler = Autoscaler::new(Policy::try_from(&spec)?)?; // kept across ticks
 //! // Each tick: the ready pods' admin addresses (pod IP + the port named in the template).
 //! let targets = vec![ScrapeTarget { pod: "web-1".into(), addr: "10.0.0.7:9090".parse().unwrap() }];
 //! let samples = scraper.scrape_pods(&targets, Duration::from_secs(1)).await;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{Error, Result};
+use crate::crd::Autoscaling;
 
 /// How an app scales; every field has the default the CRD documents.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +95,31 @@ impl Policy {
             Some(q) => q,
             None => max_capacity * self.target_utilization,
         }
+    }
+}
+
+impl TryFrom<&Autoscaling> for Policy {
+    type Error = Error;
+
+    /// The policy of a `WsgiApp`'s `spec.autoscaling`, validated.
+    fn try_from(spec: &Autoscaling) -> Result<Self> {
+        let count = |field: &str, v: i32| {
+            u32::try_from(v).map_err(|_| Error::Policy(format!("{field} must not be negative")))
+        };
+        let secs = |field: &str, v: i32| count(field, v).map(|s| Duration::from_secs(s.into()));
+        let policy = Self {
+            min_replicas: count("minReplicas", spec.min_replicas)?,
+            max_replicas: count("maxReplicas", spec.max_replicas)?,
+            target_utilization: spec.target_utilization,
+            target_queue_depth: spec.target_queue_depth,
+            stable_window: secs("stableWindowSeconds", spec.stable_window_seconds)?,
+            panic_window: secs("panicWindowSeconds", spec.panic_window_seconds)?,
+            scale_down_delay: secs("scaleDownDelaySeconds", spec.scale_down_delay_seconds)?,
+            max_scale_up_rate: spec.max_scale_up_rate,
+            ..Self::default()
+        };
+        policy.validate()?;
+        Ok(policy)
     }
 }
 
@@ -192,6 +218,30 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(p.per_pod_target(100.0), 3.0);
+    }
+
+    #[test]
+    fn crd_defaults_give_the_default_policy() {
+        assert_eq!(
+            Policy::try_from(&Autoscaling::default()).unwrap(),
+            Policy::default()
+        );
+        let spec = Autoscaling {
+            stable_window_seconds: 10,
+            scale_down_delay_seconds: 3,
+            max_replicas: 6,
+            ..Autoscaling::default()
+        };
+        let p = Policy::try_from(&spec).unwrap();
+        assert_eq!(p.stable_window, Duration::from_secs(10));
+        assert_eq!(p.scale_down_delay, Duration::from_secs(3));
+        assert_eq!(p.max_replicas, 6);
+        let negative = Autoscaling {
+            scale_down_delay_seconds: -1,
+            ..Autoscaling::default()
+        };
+        let err = Policy::try_from(&negative).unwrap_err().to_string();
+        assert!(err.contains("scaleDownDelaySeconds"), "{err}");
     }
 
     #[test]
