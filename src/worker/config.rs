@@ -59,11 +59,18 @@ pub struct WorkerOpts {
     /// Restart workers when a Python source file under the app directory changes (development).
     #[arg(long, env = "KUBEWSGI_RELOAD")]
     pub reload: bool,
+
+    /// Give up (exit status 3) after this many failed app imports while no worker has booted (0 = retry forever).
+    #[arg(long, env = "KUBEWSGI_MAX_BOOT_FAILURES", default_value_t = 5)]
+    pub max_boot_failures: u32,
 }
 
 /// Parses a duration given in (possibly fractional) seconds: `30`, `0.5`.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` must be a non-negative number of seconds"));
     }
@@ -93,10 +100,23 @@ impl WorkerOpts {
             opt("--max-workers", n.to_string().into());
         }
         opt("--timeout", self.timeout.as_secs_f64().to_string().into());
-        opt("--graceful-timeout", self.graceful_timeout.as_secs_f64().to_string().into());
+        opt(
+            "--graceful-timeout",
+            self.graceful_timeout.as_secs_f64().to_string().into(),
+        );
         opt("--max-requests", self.max_requests.to_string().into());
-        opt("--max-requests-jitter", self.max_requests_jitter.to_string().into());
-        opt("--keep-alive", self.keep_alive.as_secs_f64().to_string().into());
+        opt(
+            "--max-requests-jitter",
+            self.max_requests_jitter.to_string().into(),
+        );
+        opt(
+            "--keep-alive",
+            self.keep_alive.as_secs_f64().to_string().into(),
+        );
+        opt(
+            "--max-boot-failures",
+            self.max_boot_failures.to_string().into(),
+        );
         if self.reload {
             a.push("--reload".into());
         }
@@ -117,11 +137,24 @@ mod tests {
 
     #[test]
     fn to_args_round_trips() {
-        let cmd = Cmd::parse_from(["x", "app:make()", "--workers", "3", "--timeout", "2.5", "--max-workers", "5", "--reload"]);
+        let cmd = Cmd::parse_from([
+            "x",
+            "app:make()",
+            "--workers",
+            "3",
+            "--timeout",
+            "2.5",
+            "--max-workers",
+            "5",
+            "--reload",
+            "--max-boot-failures",
+            "1",
+        ]);
         let again = Cmd::parse_from(std::iter::once("x".into()).chain(cmd.opts.to_args()));
         assert_eq!(format!("{:?}", cmd.opts), format!("{:?}", again.opts));
         assert_eq!(again.opts.timeout, Duration::from_millis(2500));
         assert_eq!(again.opts.max_workers, Some(5));
+        assert_eq!(again.opts.max_boot_failures, 1);
     }
 
     #[test]
@@ -129,5 +162,75 @@ mod tests {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("abc").is_err());
+    }
+}
+
+/// Checks option combinations clap cannot express; called before anything is bound.
+pub fn validate(o: &WorkerOpts) -> Result<(), super::Error> {
+    let bad = |m: String| Err(super::Error::Config(m));
+    if let (Some(min), Some(max)) = (o.min_workers, o.max_workers)
+        && min > max
+    {
+        return bad(format!("--min-workers {min} is above --max-workers {max}"));
+    }
+    let (app, _) = split_app(&o.app).map_err(super::Error::Config)?;
+    if let Some(d) = &o.chdir
+        && !d.is_dir()
+    {
+        return bad(format!("--chdir {}: not a directory", d.display()));
+    }
+    if let Some(v) = &o.venv
+        && !v.join("pyvenv.cfg").is_file()
+    {
+        return bad(format!("--venv {}: not a virtualenv (no pyvenv.cfg)", v.display()));
+    }
+    if app.ends_with(".py") {
+        let base = o.chdir.clone().unwrap_or_default();
+        if !base.join(app).is_file() {
+            return bad(format!("app file {app} not found"));
+        }
+    }
+    Ok(())
+}
+
+/// Splits `module:callable` (or `path/file.py:callable`, `module:factory(args)`) at the last colon
+/// outside parentheses; a missing callable means `application`, as in gunicorn.
+pub fn split_app(spec: &str) -> Result<(&str, &str), String> {
+    let spec = spec.trim();
+    let paren = spec.find('(').unwrap_or(spec.len());
+    let (module, attr) = match spec[..paren].rfind(':') {
+        Some(i) => (&spec[..i], &spec[i + 1..]),
+        None => (spec, "application"),
+    };
+    if module.is_empty() || attr.is_empty() {
+        return Err(format!("app `{spec}`: expected module:callable, module:factory() or path/file.py:callable"));
+    }
+    let name = attr.split('(').next().unwrap_or("");
+    let valid_ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit());
+    if !name.split('.').all(valid_ident) || (attr.contains('(') && !attr.ends_with(')')) {
+        return Err(format!("app `{spec}`: `{attr}` is not a Python name or call"));
+    }
+    if !module.ends_with(".py") && !module.split('.').all(valid_ident) {
+        return Err(format!("app `{spec}`: `{module}` is not a module name or a .py file"));
+    }
+    Ok((module, attr))
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    #[test]
+    fn app_specs() {
+        assert_eq!(split_app("probe:app"), Ok(("probe", "app")));
+        assert_eq!(split_app("pkg.mod:create_app()"), Ok(("pkg.mod", "create_app()")));
+        assert_eq!(split_app("m:create_app(\"a:b\", 1)"), Ok(("m", "create_app(\"a:b\", 1)")));
+        assert_eq!(split_app("apps/x.py:app"), Ok(("apps/x.py", "app")));
+        assert_eq!(split_app("mod"), Ok(("mod", "application")));
+        assert!(split_app("mod:").is_err());
+        assert!(split_app(":app").is_err());
+        assert!(split_app("m:1x").is_err());
+        assert!(split_app("m:f(").is_err());
+        assert!(split_app("bad module:app").is_err());
     }
 }

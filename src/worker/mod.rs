@@ -1,8 +1,24 @@
 //! Worker server (the gunicorn role): a master supervising worker processes that embed CPython.
+//!
+//! - [`master`]: binds the sockets, re-executes this binary once per worker, supervises them.
+//! - [`pool`]: the master's decisions (respawn, backoff, rolling reload, autoscaling) as pure logic.
+//! - [`control`]: the `GET /stats` control socket.
+//! - `child` (feature `python`): a worker process, the HTTP server and the embedded interpreter.
 
 pub mod config;
+pub mod control;
+pub mod listen;
+pub mod master;
+pub mod pool;
+pub mod protocol;
+#[cfg(feature = "python")]
+pub mod python;
+
+#[cfg(feature = "python")]
+pub mod child;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -25,6 +41,22 @@ pub struct WorkerArgs {
     /// Serve `GET /stats` JSON on this Unix socket.
     #[arg(long, env = "KUBEWSGI_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+
+    /// Where to write the import traceback when giving up (default: `/dev/termination-log` if present).
+    #[arg(long, env = "KUBEWSGI_TERMINATION_LOG", value_name = "PATH")]
+    pub termination_log: Option<PathBuf>,
+
+    /// On `--bind`, trust `X-Forwarded-*` from these peer IPs (comma-separated, `*` = any). The Unix socket always trusts them.
+    #[arg(long, env = "KUBEWSGI_FORWARDED_ALLOW_IPS", value_name = "IPS", value_delimiter = ',')]
+    pub forwarded_allow_ips: Vec<String>,
+
+    /// In-pod autoscaling: seconds all threads must stay busy before a worker is added.
+    #[arg(long, env = "KUBEWSGI_SCALE_UP_AFTER", default_value = "1", value_parser = config::parse_seconds)]
+    pub scale_up_after: Duration,
+
+    /// In-pod autoscaling: seconds a worker's worth of threads must stay idle before one is retired.
+    #[arg(long, env = "KUBEWSGI_SCALE_DOWN_AFTER", default_value = "30", value_parser = config::parse_seconds)]
+    pub scale_down_after: Duration,
 }
 
 /// Errors of the worker server.
@@ -34,12 +66,37 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("python: {0}")]
+    Python(String),
 }
 
 /// Result alias of the worker server.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs `kubewsgi worker` until it is told to stop.
-pub fn main(_args: WorkerArgs) -> Result<()> {
-    Err(Error::Config("worker server not built yet".into()))
+/// Runs `kubewsgi worker` until it is told to stop: the master, or a worker process when re-executed by one.
+pub fn main(args: WorkerArgs) -> Result<()> {
+    if let Some(id) = std::env::var_os(protocol::CHILD_ENV) {
+        let id: u64 = id.to_string_lossy().parse().map_err(|_| Error::Config("bad worker id".into()))?;
+        return run_child(id, args);
+    }
+    let status = master::run(args)?;
+    if status != 0 {
+        std::process::exit(status);
+    }
+    Ok(())
+}
+
+#[cfg(feature = "python")]
+fn run_child(id: u64, args: WorkerArgs) -> Result<()> {
+    child::run(id, args)
+}
+
+#[cfg(not(feature = "python"))]
+fn run_child(_id: u64, _args: WorkerArgs) -> Result<()> {
+    use std::io::Write as _;
+    let r = protocol::Report::BootError { traceback: "this kubewsgi was built without Python support".into() };
+    // SAFETY: fd 4 is the report socket the master passed; ManuallyDrop keeps it open for the process.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(protocol::REPORT_FD) });
+    let _ = f.write_all(&r.to_line());
+    Err(Error::Config("this kubewsgi was built without Python support".into()))
 }

@@ -1,0 +1,61 @@
+//! The embedded interpreter of a worker process: start-up, app loading, the WSGI objects
+//! (`environ`, `wsgi.input`, `start_response`, `wsgi.errors`, `wsgi.file_wrapper`) and the Python threads.
+
+pub mod app;
+pub mod environ;
+pub mod input;
+pub mod interp;
+pub mod response;
+pub mod streams;
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+
+use self::app::App;
+use self::environ::Consts;
+use super::child::job::Job;
+use super::child::server::Shared;
+use super::{Result, WorkerOpts};
+
+/// Starts CPython and imports the app; the error is the traceback to report.
+pub fn boot(opts: &WorkerOpts, multiprocess: bool) -> Result<Arc<App>, String> {
+    let dir = match &opts.chdir {
+        Some(d) => {
+            std::env::set_current_dir(d).map_err(|e| format!("--chdir {}: {e}", d.display()))?;
+            std::env::current_dir().map_err(|e| e.to_string())?
+        }
+        None => std::env::current_dir().map_err(|e| e.to_string())?,
+    };
+    interp::initialize(opts.venv.as_deref())?;
+    Python::attach(|py| {
+        let callable = interp::load_app(py, &opts.app, &dir)?;
+        let errors = Py::new(py, streams::Errors::default()).map_err(|e| interp::traceback(py, &e))?.into_any();
+        let wrapper = py.get_type::<streams::FileWrapper>().into_any().unbind();
+        let consts = Consts::new(py, errors, wrapper, opts.threads > 1, multiprocess).map_err(|e| interp::traceback(py, &e))?;
+        Ok(Arc::new(App { callable, consts }))
+    })
+}
+
+/// Starts the Python threads serving `jobs`.
+pub fn spawn_threads(app: Arc<App>, n: u32, jobs: crossbeam_channel::Receiver<Job>, shared: Arc<Shared>) -> Result<()> {
+    for i in 0..n {
+        let (app, jobs, shared) = (app.clone(), jobs.clone(), shared.clone());
+        std::thread::Builder::new().name(format!("kubewsgi-py-{i}")).spawn(move || app::thread_main(app, jobs, shared))?;
+    }
+    Ok(())
+}
+
+/// Flushes Python's stdout/stderr before the process exits without finalising the interpreter.
+pub fn flush_stdio() {
+    if Python::try_attach(|_| ()).is_none() {
+        return;
+    }
+    Python::attach(|py| {
+        if let Ok(sys) = py.import("sys") {
+            for s in ["stdout", "stderr"] {
+                let _ = sys.getattr(s).and_then(|f| f.call_method0("flush"));
+            }
+        }
+    });
+}
