@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// startEtcd runs a single-member etcd inside this process, listening on loopback only.
+// Fsync is off: the data lives only as long as a test run and losing it on a crash is fine,
+// while fsync on a shared 2-core machine makes every API write slow.
+func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, string, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = "kubewsgi-local"
+	cfg.Dir = filepath.Join(dir, "etcd")
+	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
+	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.UnsafeNoFsync = true
+	// At warn etcd logs a line per request on a busy machine.
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
+	// A small snapshot interval and periodic compaction keep memory flat over long suites.
+	cfg.SnapshotCount = 5000
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "5m"
+	cfg.QuotaBackendBytes = 2 << 30
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("start etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, "", fmt.Errorf("etcd failed: %w", err)
+	case <-time.After(120 * time.Second):
+		e.Close()
+		return nil, "", fmt.Errorf("etcd not ready after 120s")
+	}
+	return e, clientURL.String(), nil
+}
+
+// freePorts asks the kernel for n distinct free loopback ports. All listeners stay open until
+// every port is chosen so the same port is never handed out twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	listeners := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		listeners = append(listeners, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// closeEtcd stops etcd, giving up after shutdownGrace: a client that never hangs up must not
+// keep the process alive.
+func closeEtcd(e *embed.Etcd) {
+	done := make(chan struct{})
+	go func() {
+		e.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		fmt.Fprintf(os.Stderr, "etcd still closing after %s; exiting\n", shutdownGrace)
+	}
+}

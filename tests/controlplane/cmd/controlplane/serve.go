@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+const (
+	serviceCIDR = "10.0.0.0/24"
+	// serviceIP is the first address of serviceCIDR: the in-cluster `kubernetes` Service.
+	serviceIP = "10.0.0.1"
+	// fullControllers is every controller the controller-manager runs by default.
+	fullControllers = "*"
+	// shutdownGrace bounds each step of stopping, so `down` takes seconds, not minutes.
+	shutdownGrace = 10 * time.Second
+)
+
+// lightControllers keep a bare API server behaving like a cluster for everything that does not
+// need workloads to run: service accounts exist (pods are admitted), namespaces can be deleted,
+// owner references cascade, and the aggregated admin/edit/view roles are filled in.
+var lightControllers = []string{
+	"serviceaccount-controller",
+	"serviceaccount-token-controller",
+	"namespace-controller",
+	"garbage-collector-controller",
+	"root-ca-certificate-publisher-controller",
+	"clusterrole-aggregation-controller",
+}
+
+// serve runs etcd and kube-apiserver in this process and the controller-manager as a child,
+// writes DIR/kubeconfig, and creates DIR/ready once the cluster accepts work.
+func serve(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	dir := fs.String("dir", "", "state directory (kubeconfig, pki, etcd data, logs)")
+	full := fs.Bool("full", false, "run every controller-manager controller (Deployments, ReplicaSets, EndpointSlices, ...)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *dir == "" {
+		fmt.Fprintln(os.Stderr, "serve: --dir is required")
+		return 2
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	if err := run(abs, *full); err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	return 0
+}
+
+func run(dir string, full bool) error {
+	os.Remove(filepath.Join(dir, "ready"))
+	p, err := ensurePKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		return fmt.Errorf("pki: %w", err)
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return fmt.Errorf("free ports: %w", err)
+	}
+	etcdClientPort, etcdPeerPort, apiPort := ports[0], ports[1], ports[2]
+
+	etcd, etcdURL, err := startEtcd(dir, etcdClientPort, etcdPeerPort)
+	if err != nil {
+		return err
+	}
+	defer closeEtcd(etcd)
+
+	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := writeKubeconfig(kubeconfig, server, p.CACert, "admin", credential{Token: p.AdminToken}); err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	cmKubeconfig := filepath.Join(dir, "pki", "controller-manager.kubeconfig")
+	if err := writeKubeconfig(cmKubeconfig, server, p.CACert, "system:kube-controller-manager",
+		credential{CertFile: p.ControllerCert, KeyFile: p.ControllerKey}); err != nil {
+		return fmt.Errorf("controller-manager kubeconfig: %w", err)
+	}
+
+	// The API server installs its own SIGTERM/SIGINT handler and returns from Execute once it
+	// has shut down; this handler only stops the controller-manager alongside it.
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+
+	cmd := apiserver.NewAPIServerCommand()
+	cmd.SetArgs(apiserverArgs(dir, p, etcdURL, apiPort))
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- cmd.Execute() }()
+
+	controllers := lightControllers
+	if full {
+		controllers = []string{fullControllers}
+	}
+	cm := &controllerManager{dir: dir, p: p, kubeconfig: cmKubeconfig, controllers: controllers}
+	readyErr := make(chan error, 1)
+	go func() { readyErr <- becomeReady(ctx, dir, kubeconfig, cm) }()
+
+	for {
+		select {
+		case err := <-apiDone:
+			cm.stop()
+			if err != nil {
+				return fmt.Errorf("kube-apiserver: %w", err)
+			}
+			return errors.New("kube-apiserver stopped on its own")
+		case err := <-readyErr:
+			if err != nil {
+				cm.stop()
+				return err
+			}
+			readyErr = nil
+		case <-ctx.Done():
+			// Stop the controller-manager first: its watches would otherwise hold the API
+			// server's graceful shutdown open for a minute. The data is disposable, so the
+			// API server gets a short grace period, not the production one.
+			cm.stop()
+			select {
+			case <-apiDone:
+			case <-time.After(shutdownGrace):
+				fmt.Fprintf(os.Stderr, "kube-apiserver still shutting down after %s; exiting\n", shutdownGrace)
+			}
+			return nil
+		}
+	}
+}
+
+// apiserverArgs are the flags of a small single-node API server: loopback only, RBAC and Node
+// authorization, the default admission plugins (PodSecurity among them), and no priority and
+// fairness (its queues cost CPU and only matter under contention between many clients).
+func apiserverArgs(dir string, p *pki, etcdURL string, port int) []string {
+	return []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		fmt.Sprintf("--secure-port=%d", port),
+		"--cert-dir=" + p.Dir,
+		"--tls-cert-file=" + p.ServingCert,
+		"--tls-private-key-file=" + p.ServingKey,
+		"--client-ca-file=" + p.CACert,
+		"--token-auth-file=" + p.TokenFile,
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=" + p.SAPub,
+		"--service-account-signing-key-file=" + p.SAKey,
+		"--service-cluster-ip-range=" + serviceCIDR,
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		// Privileged pods are allowed cluster-wide, as in most clusters, so that refusing them
+		// is left to Pod Security admission per namespace.
+		"--allow-privileged=true",
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--event-ttl=30m",
+		// The `kubernetes` Service's endpoints cannot name a loopback address; nothing in this
+		// cluster reaches the API through that Service.
+		"--endpoint-reconciler-type=none",
+	}
+}
+
+// becomeReady waits until the API server answers /readyz, starts the controller-manager, waits
+// for the default service account (proof the controllers run) and then creates DIR/ready.
+func becomeReady(ctx context.Context, dir, kubeconfig string, cm *controllerManager) error {
+	client, err := newClient(kubeconfig)
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 180*time.Second, "kube-apiserver /readyz", func(ctx context.Context) error {
+		return client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+	}); err != nil {
+		return err
+	}
+	if err := cm.start(ctx); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 180*time.Second, "service account default/default", func(ctx context.Context) error {
+		_, err := client.CoreV1().ServiceAccounts("default").Get(ctx, "default", getOpts)
+		return err
+	}); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "ready"), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}

@@ -1,0 +1,209 @@
+//! A real local Kubernetes control plane for integration tests, run by `scripts/control-plane`.
+//!
+//! Include it with `#[path = "support_cp/mod.rs"] mod support_cp;`. Every [`ControlPlane`] has
+//! its own directory, ports and etcd data, so tests may start several in parallel. A control plane
+//! that cannot start panics with its log tail: tests never skip.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// One running etcd + kube-apiserver + kube-controller-manager; stopped on drop.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    running: bool,
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo_root().join("scripts/control-plane")
+}
+
+/// Directory holding the built `kubectl`, `helm`, `kube-apiserver` and `kube-controller-manager`;
+/// builds them on first use.
+pub fn bin_dir() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(script())
+            .arg("bin")
+            .output()
+            .expect("run scripts/control-plane bin");
+        assert!(
+            out.status.success(),
+            "scripts/control-plane bin failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+impl ControlPlane {
+    /// Starts API server, etcd and the controllers that keep a bare API server usable
+    /// (service accounts, namespace deletion, garbage collection).
+    pub fn start() -> ControlPlane {
+        Self::start_with(&[])
+    }
+
+    /// Starts with every controller-manager controller (Deployments → ReplicaSets → Pods,
+    /// EndpointSlices, garbage collection, ...).
+    pub fn start_full() -> ControlPlane {
+        Self::start_with(&["--full"])
+    }
+
+    fn start_with(flags: &[&str]) -> ControlPlane {
+        let tmp = tempfile::Builder::new()
+            .prefix("kubewsgi-cp-")
+            .tempdir()
+            .expect("create control plane directory");
+        let dir = tmp.path().to_path_buf();
+        let out = Command::new(script())
+            .arg("up")
+            .args(flags)
+            .arg(&dir)
+            .output()
+            .expect("run scripts/control-plane up");
+        if !out.status.success() {
+            // Keep the directory: its logs are what explains the failure.
+            let kept = tmp.keep();
+            panic!(
+                "the local control plane did not start (logs kept in {}):\n{}{}",
+                kept.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            tmp: Some(tmp),
+            running: true,
+        }
+    }
+
+    /// Runs the built kubectl (same version as the server) against this control plane.
+    pub fn kubectl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.tool("kubectl", args)
+    }
+
+    /// Runs kubectl and returns its stdout, panicking with its stderr when it fails.
+    pub fn kubectl_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.kubectl(&args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the built helm against this control plane.
+    pub fn helm<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.tool("helm", args)
+    }
+
+    /// A `Command` for a built tool with `KUBECONFIG` and `PATH` set for this control plane.
+    pub fn command(&self, tool: &str) -> Command {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin_dir().to_path_buf()];
+        paths.extend(std::env::split_paths(&path));
+        let mut cmd = Command::new(bin_dir().join(tool));
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", std::env::join_paths(paths).expect("PATH"))
+            // Helm keeps caches and config under HOME-derived paths; keep them per control plane.
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
+        cmd
+    }
+
+    fn tool<I, S>(&self, tool: &str, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+    }
+
+    /// A kube-rs client authenticated as the cluster admin (`system:masters`).
+    pub async fn kube_client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kube config from kubeconfig");
+        kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Last lines of every log of this control plane, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return text;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension() != Some(OsStr::new("log")) {
+                continue;
+            }
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = content.lines().collect();
+            text += &format!("----- {} -----\n", path.display());
+            text += &lines[lines.len().saturating_sub(40)..].join("\n");
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Stops the control plane now (drop does it too); idempotent.
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        let out = Command::new(script()).arg("down").arg(&self.dir).output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "scripts/control-plane down {} failed: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("run scripts/control-plane down: {e}"),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking()
+            && let Some(tmp) = self.tmp.take()
+        {
+            eprintln!("control plane logs kept in {}", tmp.keep().display());
+        }
+    }
+}
