@@ -9,6 +9,7 @@ pub mod control;
 pub mod forwarded;
 pub mod handler;
 pub mod server;
+pub mod slow_head;
 pub mod statics;
 pub mod tls;
 pub mod upstream;

@@ -1,40 +1,51 @@
 //! Client connections: accept with a connection limit, optional TLS, HTTP/1.1 or HTTP/2 (h2c by
 //! prior knowledge, h2 by ALPN), and a bounded graceful drain on shutdown.
+//!
+//! The protocol is chosen here rather than by hyper-util's auto builder, whose detection read has
+//! no timeout: a client that connects and sends nothing (or two bytes) must not hold a
+//! connection slot forever.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::config::ProxyOpts;
 use super::handler::{self, Peer, Shared};
+use super::slow_head;
 
-/// The hyper connection builder with the proxy's limits.
-fn builder(opts: &ProxyOpts) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // hyper answers 431 itself when the head outgrows its read buffer (8 KiB at least).
-    let head_limit = usize::try_from(opts.max_header_size)
-        .unwrap_or(usize::MAX)
-        .max(8192);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.client_timeout)
-        .max_buf_size(head_limit)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(opts.max_header_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
+/// hyper connection builders with the proxy's limits.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(opts: &ProxyOpts) -> Self {
+        let mut h1 = http1::Builder::new();
+        // hyper answers 431 itself when the head outgrows its read buffer (8 KiB at least).
+        let head_limit = usize::try_from(opts.max_header_size)
+            .unwrap_or(usize::MAX)
+            .max(8192);
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(opts.client_timeout)
+            .max_buf_size(head_limit)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(opts.max_header_size).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Self { h1, h2 }
+    }
 }
 
 /// Serves clients on `listener` until `shutdown` turns true, then stops accepting and gives open
@@ -45,7 +56,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&shared.opts));
+    let builders = Arc::new(Builders::new(&shared.opts));
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -68,8 +79,8 @@ pub async fn serve(
             _ = until_true(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, shared, tls, watcher) = (
-            builder.clone(),
+        let (builders, shared, tls, watcher) = (
+            builders.clone(),
             shared.clone(),
             tls.clone(),
             graceful.watcher(),
@@ -78,15 +89,9 @@ pub async fn serve(
             shared.metrics.connections.inc();
             let peer = Peer { addr, scheme };
             match tls {
-                None => connection(&builder, stream, shared.clone(), peer, watcher).await,
+                None => plain(&builders, stream, shared.clone(), peer, watcher).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(shared.opts.client_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => connection(&builder, s, shared.clone(), peer, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                    }
+                    secure(&builders, &acceptor, stream, shared.clone(), peer, watcher).await
                 }
             }
             shared.metrics.connections.dec();
@@ -106,19 +111,138 @@ pub async fn serve(
     }
 }
 
-async fn connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
+/// Outcome of looking at the first bytes of a plaintext connection.
+enum Detected {
+    H1,
+    H2,
+    /// Closed, or silent until the timeout: close without a word.
+    Nothing,
+    /// Some bytes, then silence: 408.
+    Stalled,
+}
+
+/// Peeks at the first bytes: the HTTP/2 preface starts with `PRI`, which no HTTP/1 request does.
+async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 3];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Detected::Nothing,
+            Ok(Ok(n)) => n,
+            Err(_) => return Detected::Nothing,
+        };
+        if buf[..n] != b"PRI"[..n] {
+            return Detected::H1;
+        }
+        if n == 3 {
+            return Detected::H2;
+        }
+        // `P` or `PR` so far: peek would return the same bytes at once, so wait a little.
+        if tokio::time::Instant::now() >= deadline {
+            return Detected::Stalled;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn plain(b: &Builders, stream: TcpStream, shared: Arc<Shared>, peer: Peer, watcher: Watcher) {
+    match detect(&stream, shared.opts.client_timeout).await {
+        Detected::Nothing => {}
+        Detected::Stalled => {
+            if let Ok(s) = stream.into_std() {
+                slow_head::send_408(s);
+            }
+        }
+        Detected::H2 => h2(b, stream, shared, peer, watcher).await,
+        Detected::H1 => match slow_head::Counted::new(stream) {
+            Ok((io, progress, dup)) => {
+                if h1(b, io, shared, peer, watcher, Some(progress.clone())).await
+                    && progress.mid_request()
+                {
+                    slow_head::send_408(dup);
+                }
+            }
+            Err(e) => tracing::debug!(addr = %peer.addr, error = %e, "cannot duplicate the socket"),
+        },
+    }
+}
+
+async fn secure(
+    b: &Builders,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    peer: Peer,
+    watcher: Watcher,
+) {
+    let tls = match tokio::time::timeout(shared.opts.client_timeout, acceptor.accept(stream)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::debug!(addr = %peer.addr, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(addr = %peer.addr, "TLS handshake timed out"),
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        h2(b, tls, shared, peer, watcher).await;
+    } else {
+        h1(b, tls, shared, peer, watcher, None).await;
+    }
+}
+
+fn service(
+    shared: Arc<Shared>,
+    peer: Peer,
+    progress: Option<Arc<slow_head::Progress>>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::buffer::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<http::Response<super::buffer::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    service_fn(move |req| {
+        let (shared, progress) = (shared.clone(), progress.clone());
+        async move {
+            let resp = handler::handle(shared, peer, req).await;
+            if let Some(p) = progress {
+                p.answered();
+            }
+            resp
+        }
+    })
+}
+
+/// Serves HTTP/1.1; true when the connection ended because a request head did not arrive in time.
+async fn h1<I>(
+    b: &Builders,
     io: I,
     shared: Arc<Shared>,
     peer: Peer,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+    watcher: Watcher,
+    progress: Option<Arc<slow_head::Progress>>,
+) -> bool
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handler::handle(shared.clone(), peer, req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn =
+        b.h1.serve_connection(TokioIo::new(io), service(shared, peer, progress));
+    match watcher.watch(conn).await {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::debug!(addr = %peer.addr, error = %e, "connection ended with an error");
+            e.is_timeout()
+        }
+    }
+}
+
+async fn h2<I>(b: &Builders, io: I, shared: Arc<Shared>, peer: Peer, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn =
+        b.h2.serve_connection(TokioIo::new(io), service(shared, peer, None));
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(addr = %peer.addr, error = %e, "connection ended with an error");
+        tracing::debug!(addr = %peer.addr, error = %e, "h2 connection ended with an error");
     }
 }
 

@@ -1,0 +1,170 @@
+//! Static files through the proxy: conditional requests, ranges, precompressed variants, content
+//! types, cache headers for hashed names, and nothing served from outside the directory.
+
+mod proxy_support;
+
+use std::sync::atomic::Ordering;
+
+use proxy_support::*;
+
+struct Site {
+    stack: Stack,
+    _root: tempfile::TempDir,
+}
+
+fn site() -> Site {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path().join("static");
+    std::fs::create_dir_all(d.join("css")).unwrap();
+    std::fs::write(d.join("hello.txt"), "hello static\n").unwrap();
+    std::fs::write(d.join("app.3f2a9c1b.js"), "console.log(1);\n").unwrap();
+    std::fs::write(d.join("css/site.css"), "body{color:red}\n").unwrap();
+    std::fs::write(d.join("index.html"), "<h1>index</h1>\n").unwrap();
+    // A precompressed variant with different content, to tell which one was sent.
+    std::fs::write(d.join("big.txt"), "plain ".repeat(1000)).unwrap();
+    let mut gz = flate_gzip(b"gzipped variant");
+    std::fs::write(d.join("big.txt.gz"), &mut gz).unwrap();
+    // Outside the static dir, and symlinks pointing at it.
+    std::fs::write(root.path().join("secret.txt"), "top secret\n").unwrap();
+    std::os::unix::fs::symlink(root.path().join("secret.txt"), d.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(root.path(), d.join("up")).unwrap();
+    std::os::unix::fs::symlink(d.join("hello.txt"), d.join("alias.txt")).unwrap();
+    let mount = format!("/static={}", d.display());
+    let stack = Stack::start(1, 2, &["--static", &mount]);
+    Site { stack, _root: root }
+}
+
+/// gzip via the system `gzip` tool (real encoder, no extra crate).
+fn flate_gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    c.wait_with_output().unwrap().stdout
+}
+
+fn get(s: &Stack, path: &str, extra: &str) -> String {
+    raw(
+        s.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: h\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next().unwrap_or("");
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn files_types_etag_304_and_range() {
+    let site = site();
+    let s = &site.stack;
+    let r = get(s, "/static/hello.txt", "");
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(body(&r), "hello static\n");
+    assert!(
+        header(&r, "content-type")
+            .unwrap()
+            .starts_with("text/plain"),
+        "{r}"
+    );
+    assert_eq!(
+        header(&r, "cache-control"),
+        None,
+        "plain names are not immutable"
+    );
+    let etag = header(&r, "etag").expect("etag").to_string();
+    let lm = header(&r, "last-modified")
+        .expect("last-modified")
+        .to_string();
+    assert_eq!(
+        status(&get(
+            s,
+            "/static/hello.txt",
+            &format!("If-None-Match: {etag}\r\n")
+        )),
+        304
+    );
+    assert_eq!(
+        status(&get(
+            s,
+            "/static/hello.txt",
+            &format!("If-Modified-Since: {lm}\r\n")
+        )),
+        304
+    );
+    let r = get(s, "/static/hello.txt", "Range: bytes=6-11\r\n");
+    assert_eq!(status(&r), 206, "{r}");
+    assert_eq!(body(&r), "static");
+    assert_eq!(header(&r, "content-range"), Some("bytes 6-11/13"));
+    assert!(
+        header(&get(s, "/static/css/site.css", ""), "content-type")
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let r = get(s, "/static/app.3f2a9c1b.js", "");
+    assert_eq!(
+        header(&r, "cache-control"),
+        Some("public, max-age=31536000, immutable"),
+        "{r}"
+    );
+    assert!(
+        header(&r, "content-type").unwrap().contains("javascript"),
+        "{r}"
+    );
+    assert_eq!(status(&get(s, "/static/missing.txt", "")), 404);
+    assert_eq!(body(&get(s, "/static/", "")), "<h1>index</h1>\n");
+    // A symlink that stays inside the directory is fine.
+    assert_eq!(body(&get(s, "/static/alias.txt", "")), "hello static\n");
+    assert_eq!(
+        s.app.state.requests.load(Ordering::SeqCst),
+        0,
+        "static requests never reach the app"
+    );
+    // Everything else goes to the app.
+    assert_eq!(status(&get(s, "/staticky", "")), 200);
+}
+
+#[test]
+fn precompressed_variants_by_accept_encoding() {
+    let site = site();
+    let s = &site.stack;
+    let r = get(s, "/static/big.txt", "Accept-Encoding: gzip\r\n");
+    assert_eq!(header(&r, "content-encoding"), Some("gzip"), "{r}");
+    let (out, ok) = curl(&["--compressed", &format!("http://{}/static/big.txt", s.addr)]);
+    assert!(ok);
+    assert_eq!(out, "gzipped variant");
+    let r = get(s, "/static/big.txt", "");
+    assert_eq!(header(&r, "content-encoding"), None);
+    assert!(body(&r).starts_with("plain plain"));
+}
+
+#[test]
+fn nothing_outside_the_directory() {
+    let site = site();
+    let s = &site.stack;
+    for path in [
+        "/static/../secret.txt",
+        "/static/%2e%2e/secret.txt",
+        "/static/%2E%2E%2Fsecret.txt",
+        "/static/..%2fsecret.txt",
+        "/static/leak.txt",
+        "/static/up/secret.txt",
+        "/static//etc/passwd",
+        "/static/%2fetc%2fpasswd",
+    ] {
+        let r = get(s, path, "");
+        assert!(
+            !r.contains("top secret") && !r.contains("root:"),
+            "{path} leaked: {r}"
+        );
+        assert!(status(&r) == 404 || status(&r) == 400, "{path}: {r}");
+    }
+}
