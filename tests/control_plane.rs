@@ -252,3 +252,98 @@ fn two_control_planes_run_side_by_side() {
     assert!(!in_b.status.success(), "the control planes share state");
     a.kubectl_ok(["get", "namespace", "only-in-a"]);
 }
+
+/// Polls `check` every 250ms until it returns true; panics with `what` after the deadline.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[test]
+fn full_control_plane_runs_workload_controllers() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::ListParams;
+
+    let cp = ControlPlane::start_full();
+    let manifest = cp.dir.join("web.yaml");
+    std::fs::write(
+        &manifest,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web, namespace: default }
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: web } }
+  template:
+    metadata: { labels: { app: web } }
+    spec: { containers: [{ name: app, image: "example/app:1" }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: default }
+spec:
+  selector: { app: web }
+  ports: [{ port: 80, targetPort: 8080 }]
+"#,
+    )
+    .expect("write manifest");
+    cp.kubectl_ok(["apply", "-f", manifest.to_str().expect("path")]);
+
+    let rt = runtime();
+    rt.block_on(async {
+        let client = cp.kube_client().await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let web = ListParams::default().labels("app=web");
+
+        // Deployment → ReplicaSet → Pods: the deployment and replicaset controllers run.
+        eventually("a ReplicaSet owned by the Deployment", || async {
+            sets.list(&web)
+                .await
+                .expect("list replicasets")
+                .items
+                .iter()
+                .any(|rs| {
+                    rs.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "Deployment" && o.name == "web")
+                })
+        })
+        .await;
+        eventually("two pods from the ReplicaSet", || async {
+            pods.list(&web).await.expect("list pods").items.len() == 2
+        })
+        .await;
+        // The endpointslice controller writes a slice for the Service.
+        let by_service = ListParams::default().labels("kubernetes.io/service-name=web");
+        eventually("an EndpointSlice for the Service", || async {
+            !slices
+                .list(&by_service)
+                .await
+                .expect("list slices")
+                .items
+                .is_empty()
+        })
+        .await;
+
+        // Deleting the Deployment lets the garbage collector remove its ReplicaSet and pods.
+        cp.kubectl_ok(["delete", "deployment", "web", "--wait=false"]);
+        eventually("the ReplicaSet and pods to be collected", || async {
+            sets.list(&web).await.expect("list").items.is_empty()
+                && pods.list(&web).await.expect("list").items.is_empty()
+        })
+        .await;
+    });
+}

@@ -63,9 +63,13 @@ impl ControlPlane {
             .tempdir()
             .expect("create control plane directory");
         let dir = tmp.path().to_path_buf();
+        // The owner pid stops the control plane even if this test process is killed before
+        // its drop runs.
         let out = Command::new(script())
             .arg("up")
             .args(flags)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
             .arg(&dir)
             .output()
             .expect("run scripts/control-plane up");

@@ -42,6 +42,7 @@ func serve(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	dir := fs.String("dir", "", "state directory (kubeconfig, pki, etcd data, logs)")
 	full := fs.Bool("full", false, "run every controller-manager controller (Deployments, ReplicaSets, EndpointSlices, ...)")
+	owner := fs.Int("owner-pid", 0, "shut down when this process no longer exists (a test run that was killed)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -54,14 +55,14 @@ func serve(args []string) int {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	}
-	if err := run(abs, *full); err != nil {
+	if err := run(abs, *full, *owner); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	}
 	return 0
 }
 
-func run(dir string, full bool) error {
+func run(dir string, full bool, owner int) error {
 	os.Remove(filepath.Join(dir, "ready"))
 	p, err := ensurePKI(filepath.Join(dir, "pki"))
 	if err != nil {
@@ -94,6 +95,14 @@ func run(dir string, full bool) error {
 	// has shut down; this handler only stops the controller-manager alongside it.
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
+	if owner > 0 {
+		go func() {
+			if ownerGone(ctx, owner) {
+				// Same path as `down`: the API server's handler and ours both see it.
+				_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			}
+		}()
+	}
 
 	cmd := apiserver.NewAPIServerCommand()
 	cmd.SetArgs(apiserverArgs(dir, p, etcdURL, apiPort))
@@ -191,4 +200,19 @@ func becomeReady(ctx context.Context, dir, kubeconfig string, cm *controllerMana
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "ready"), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+// ownerGone reports true once process pid no longer exists, false when ctx ends first.
+func ownerGone(ctx context.Context, pid int) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			fmt.Fprintf(os.Stderr, "owner process %d is gone; shutting down\n", pid)
+			return true
+		}
+	}
 }
