@@ -8,7 +8,14 @@ use common::{Conn, Server, Target, raw, request};
 
 fn start(extra: &[&str]) -> Server {
     let state = tempfile::tempdir().unwrap().keep();
-    let mut args = vec!["--chdir", common::apps_dir().to_str().unwrap().to_owned().leak(), "--threads", "4", "--timeout", "20"];
+    let mut args = vec![
+        "--chdir",
+        common::apps_dir().to_str().unwrap().to_owned().leak(),
+        "--threads",
+        "4",
+        "--timeout",
+        "20",
+    ];
     args.extend_from_slice(extra);
     Server::start_with("pep3333:app", &args, |c| {
         c.env("PEP3333_STATE", &state);
@@ -23,7 +30,15 @@ async fn environ_has_every_required_key_with_native_strings() {
         &s.target,
         "POST",
         "/environ?a=1&b=%20x",
-        &[("content-type", "text/x-test"), ("x-dup", "one"), ("x-dup", "two"), ("cookie", "a=1"), ("cookie", "b=2"), ("x_under", "dropped"), ("x-under", "kept")],
+        &[
+            ("content-type", "text/x-test"),
+            ("x-dup", "one"),
+            ("x-dup", "two"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x_under", "dropped"),
+            ("x-under", "kept"),
+        ],
         Bytes::from_static(b"abc"),
     )
     .await
@@ -44,7 +59,10 @@ async fn environ_has_every_required_key_with_native_strings() {
     assert_eq!(e["SERVER_NAME"], "test.local");
     assert_eq!(e["SERVER_PORT"], "80");
     assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");
-    assert_eq!(e["REMOTE_ADDR"], "", "no peer address on a Unix socket without X-Forwarded-For");
+    assert_eq!(
+        e["REMOTE_ADDR"], "",
+        "no peer address on a Unix socket without X-Forwarded-For"
+    );
     assert_eq!(e["wsgi.version"], serde_json::json!([1, 0]));
     assert_eq!(e["wsgi.url_scheme"], "http");
     assert_eq!(e["wsgi.multithread"], true);
@@ -70,7 +88,11 @@ async fn environ_has_every_required_key_with_native_strings() {
         &s.target,
         "GET",
         "/environ",
-        &[("x-forwarded-for", "10.9.9.9, 192.0.2.7"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "shop.example:8443")],
+        &[
+            ("x-forwarded-for", "10.9.9.9, 192.0.2.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example:8443"),
+        ],
         Bytes::new(),
     )
     .await
@@ -86,7 +108,11 @@ async fn environ_has_every_required_key_with_native_strings() {
     let out = raw(&s.target, b"GET /environ HTTP/1.0\r\n\r\n", 20).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("\"SERVER_PROTOCOL\": \"HTTP/1.0\""), "{text}");
-    assert!(!s.log().contains("AssertionError"), "the validator complained:\n{}", s.log());
+    assert!(
+        !s.log().contains("AssertionError"),
+        "the validator complained:\n{}",
+        s.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +121,18 @@ async fn forwarded_headers_are_ignored_on_tcp() {
     let addr = format!("127.0.0.1:{port}");
     let s = start(&["--bind", &addr]);
     s.ready(1).await;
-    let r = request(&s.target, "GET", "/environ", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")], Bytes::new()).await.unwrap();
+    let r = request(
+        &s.target,
+        "GET",
+        "/environ",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     let e = r.json();
     assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
     assert_eq!(e["wsgi.url_scheme"], "http");
@@ -108,16 +145,49 @@ async fn input_stream_methods_and_chunked_bodies() {
     s.ready(1).await;
     let body = Bytes::from_static(b"line one\nline two\n\nlast no newline");
     let cases: &[(&str, serde_json::Value)] = &[
-        ("read", serde_json::json!(["line one\nline two\n\nlast no newline"])),
-        ("small", serde_json::json!(["lin", "e o", "ne\n", "lin", "e t", "wo\n", "\nla", "st ", "no ", "new", "lin", "e"])),
-        ("readline", serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"])),
-        ("readline_limit", serde_json::json!(["line", " one", "\n", "line", " two", "\n", "\n", "last", " no ", "newl", "ine"])),
-        ("readlines", serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"])),
-        ("readlines_hint", serde_json::json!(["line one\n", "line two\n|\n|last no newline"])),
-        ("iter", serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"])),
+        (
+            "read",
+            serde_json::json!(["line one\nline two\n\nlast no newline"]),
+        ),
+        (
+            "small",
+            serde_json::json!([
+                "lin", "e o", "ne\n", "lin", "e t", "wo\n", "\nla", "st ", "no ", "new", "lin", "e"
+            ]),
+        ),
+        (
+            "readline",
+            serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"]),
+        ),
+        (
+            "readline_limit",
+            serde_json::json!([
+                "line", " one", "\n", "line", " two", "\n", "\n", "last", " no ", "newl", "ine"
+            ]),
+        ),
+        (
+            "readlines",
+            serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"]),
+        ),
+        (
+            "readlines_hint",
+            serde_json::json!(["line one\n", "line two\n|\n|last no newline"]),
+        ),
+        (
+            "iter",
+            serde_json::json!(["line one\n", "line two\n", "\n", "last no newline"]),
+        ),
     ];
     for (mode, want) in cases {
-        let r = request(&s.target, "POST", &format!("/echo?mode={mode}"), &[], body.clone()).await.unwrap();
+        let r = request(
+            &s.target,
+            "POST",
+            &format!("/echo?mode={mode}"),
+            &[],
+            body.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{mode}: {}", r.text());
         assert_eq!(&r.json(), want, "mode {mode}");
     }
@@ -128,12 +198,21 @@ async fn input_stream_methods_and_chunked_bodies() {
     assert!(out.ends_with(r#"["ab\n", "cdef\n", "g"]"#), "{out}");
     // read() without a size reads everything; a big body streams through.
     let big = Bytes::from(vec![b'z'; 3 * 1024 * 1024]);
-    let r = request(&s.target, "POST", "/raw/read_all", &[], big).await.unwrap();
-    assert_eq!(r.text(), format!("{}:0:{}", 3 * 1024 * 1024, "z".repeat(32)));
+    let r = request(&s.target, "POST", "/raw/read_all", &[], big)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text(),
+        format!("{}:0:{}", 3 * 1024 * 1024, "z".repeat(32))
+    );
     let chunked = b"POST /raw/read_all HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
     let out = String::from_utf8_lossy(&raw(&s.target, chunked, 20).await).into_owned();
     assert!(out.ends_with("6:0:abcdef"), "{out}");
-    assert!(!s.log().contains("AssertionError"), "the validator complained:\n{}", s.log());
+    assert!(
+        !s.log().contains("AssertionError"),
+        "the validator complained:\n{}",
+        s.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +226,10 @@ async fn response_rules() {
     assert_eq!(r.text(), "written-twice-then-iterated");
     // exc_info before any body replaces the response.
     let r = s.get("/exc_info").await;
-    assert_eq!((r.status, r.text().as_str()), (503, "replaced by the error page"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "replaced by the error page")
+    );
     // A generator with unknown length: chunked framing, empty chunks skipped.
     let r = s.get("/gen").await;
     assert_eq!(r.text(), "one,two,three");
@@ -161,26 +243,61 @@ async fn response_rules() {
     assert!(r.body == want, "file body differs");
     let r = s.get("/raw/file?skip=10").await;
     assert!(r.body == want, "file body differs when served from Rust");
-    assert_eq!(r.header("content-length"), Some(want.len().to_string().as_str()), "size known from the file");
+    assert_eq!(
+        r.header("content-length"),
+        Some(want.len().to_string().as_str()),
+        "size known from the file"
+    );
     // HEAD: headers only, Content-Length as the app set it.
-    let out = String::from_utf8_lossy(&raw(t, b"HEAD /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 20).await).into_owned();
-    assert!(out.starts_with("HTTP/1.1 200") && out.contains("content-length: 5\r\n") && out.ends_with("\r\n\r\n"), "{out:?}");
+    let out = String::from_utf8_lossy(
+        &raw(
+            t,
+            b"HEAD /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            20,
+        )
+        .await,
+    )
+    .into_owned();
+    assert!(
+        out.starts_with("HTTP/1.1 200")
+            && out.contains("content-length: 5\r\n")
+            && out.ends_with("\r\n\r\n"),
+        "{out:?}"
+    );
     for (path, code) in [("/204", "204"), ("/304", "304")] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let out = String::from_utf8_lossy(&raw(t, req.as_bytes(), 20).await).into_owned();
-        assert!(out.starts_with(&format!("HTTP/1.1 {code}")) && out.ends_with("\r\n\r\n"), "{out:?}");
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {code}")) && out.ends_with("\r\n\r\n"),
+            "{out:?}"
+        );
         assert!(!out.contains("transfer-encoding"), "{out:?}");
     }
     // Date and Server are added unless the app set them; repeated headers, latin-1 values and the reason phrase pass.
     let r = s.get("/write").await;
     assert_eq!(r.header("server"), Some("kubewsgi"));
     assert!(httpdate::parse_http_date(r.header("date").unwrap()).is_ok());
-    let out = raw(t, b"GET /custom_headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 20).await;
+    let out = raw(
+        t,
+        b"GET /custom_headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        20,
+    )
+    .await;
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.starts_with("HTTP/1.1 299 Custom Reason\r\n"), "{text}");
-    assert!(text.contains("date: Mon, 01 Jan 2024 00:00:00 GMT\r\n") && text.contains("server: mine\r\n"), "{text}");
-    assert!(text.contains("x-multi: 1\r\n") && text.contains("x-multi: 2\r\n"), "{text}");
-    assert!(out.windows(13).any(|w| w == b"x-latin: caf\xe9"), "latin-1 header value: {text}");
+    assert!(
+        text.contains("date: Mon, 01 Jan 2024 00:00:00 GMT\r\n")
+            && text.contains("server: mine\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-multi: 1\r\n") && text.contains("x-multi: 2\r\n"),
+        "{text}"
+    );
+    assert!(
+        out.windows(13).any(|w| w == b"x-latin: caf\xe9"),
+        "latin-1 header value: {text}"
+    );
     // wsgi.errors goes to the log.
     assert_eq!(s.get("/errors").await.text(), "logged");
 
@@ -191,7 +308,10 @@ async fn response_rules() {
     assert_eq!(r.text(), "123");
     match request(t, "GET", "/raw/cl_short", &[], Bytes::new()).await {
         Err(e) => assert!(e.contains("closed"), "{e}"),
-        Ok(r) => assert!(r.body_error.is_some(), "a short body must not look complete: {r:?}"),
+        Ok(r) => assert!(
+            r.body_error.is_some(),
+            "a short body must not look complete: {r:?}"
+        ),
     }
     // Hop-by-hop headers from the app are dropped; `Connection: close` is honoured.
     let mut c = Conn::open(t).await.unwrap();
@@ -201,7 +321,15 @@ async fn response_rules() {
     assert_eq!(r.header("connection"), Some("close"));
 
     // Errors before the response starts are a 500 with the traceback in the log; the worker keeps serving.
-    for path in ["/raw/raise", "/raw/bad_header", "/raw/bad_name", "/raw/bad_status", "/raw/not_bytes", "/raw/no_start", "/raw/twice"] {
+    for path in [
+        "/raw/raise",
+        "/raw/bad_header",
+        "/raw/bad_name",
+        "/raw/bad_status",
+        "/raw/not_bytes",
+        "/raw/no_start",
+        "/raw/twice",
+    ] {
         let r = s.get(path).await;
         assert_eq!(r.status, 500, "{path}: {}", r.text());
         assert!(!r.text().contains("must not be sent"));
@@ -213,17 +341,29 @@ async fn response_rules() {
             Err(e) => assert!(e.contains("closed"), "{e}"),
             Ok(r) => {
                 assert_eq!(r.status, 200);
-                assert!(r.body_error.is_some(), "{path}: the cut must be visible: {r:?}");
+                assert!(
+                    r.body_error.is_some(),
+                    "{path}: the cut must be visible: {r:?}"
+                );
                 assert!(!r.text().contains("never"));
             }
         }
     }
     let log = s.log();
-    assert!(log.contains("RuntimeError: boom before start_response"), "{log}");
+    assert!(
+        log.contains("RuntimeError: boom before start_response"),
+        "{log}"
+    );
     assert!(log.contains("Traceback (most recent call last)"), "{log}");
     assert!(log.contains("invalid value for header x-bad"), "{log}");
-    assert!(log.contains("message to wsgi.errors") && log.contains("second line continued"), "{log}");
-    assert!(!log.contains("AssertionError: "), "the validator complained:\n{log}");
+    assert!(
+        log.contains("message to wsgi.errors") && log.contains("second line continued"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("AssertionError: "),
+        "the validator complained:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,20 +377,33 @@ async fn close_is_called_on_normal_end_and_on_client_abort() {
     // The client goes away in the middle of a slow streamed body.
     let req = b"GET /slow_stream?id=a HTTP/1.1\r\nHost: x\r\n\r\n";
     let got = raw(&s.target, req, 1).await;
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let n = s.get("/closed?name=abort-a").await.text();
         if n == "1" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "close() not called after the client left");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "close() not called after the client left"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // Keep-alive: several requests on one connection.
     let mut c = Conn::open(&s.target).await.unwrap();
     for _ in 0..3 {
-        assert_eq!(c.send("GET", "/write", &[], Bytes::new()).await.unwrap().status, 200);
+        assert_eq!(
+            c.send("GET", "/write", &[], Bytes::new())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
     }
     let _ = Target::Unix(std::path::PathBuf::new());
 }

@@ -182,7 +182,10 @@ pub fn validate(o: &WorkerOpts) -> Result<(), super::Error> {
     if let Some(v) = &o.venv
         && !v.join("pyvenv.cfg").is_file()
     {
-        return bad(format!("--venv {}: not a virtualenv (no pyvenv.cfg)", v.display()));
+        return bad(format!(
+            "--venv {}: not a virtualenv (no pyvenv.cfg)",
+            v.display()
+        ));
     }
     if app.ends_with(".py") {
         let base = o.chdir.clone().unwrap_or_default();
@@ -203,15 +206,25 @@ pub fn split_app(spec: &str) -> Result<(&str, &str), String> {
         None => (spec, "application"),
     };
     if module.is_empty() || attr.is_empty() {
-        return Err(format!("app `{spec}`: expected module:callable, module:factory() or path/file.py:callable"));
+        return Err(format!(
+            "app `{spec}`: expected module:callable, module:factory() or path/file.py:callable"
+        ));
     }
     let name = attr.split('(').next().unwrap_or("");
-    let valid_ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit());
+    let valid_ident = |s: &str| {
+        !s.is_empty()
+            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
     if !name.split('.').all(valid_ident) || (attr.contains('(') && !attr.ends_with(')')) {
-        return Err(format!("app `{spec}`: `{attr}` is not a Python name or call"));
+        return Err(format!(
+            "app `{spec}`: `{attr}` is not a Python name or call"
+        ));
     }
     if !module.ends_with(".py") && !module.split('.').all(valid_ident) {
-        return Err(format!("app `{spec}`: `{module}` is not a module name or a .py file"));
+        return Err(format!(
+            "app `{spec}`: `{module}` is not a module name or a .py file"
+        ));
     }
     Ok((module, attr))
 }
@@ -223,8 +236,14 @@ mod validate_tests {
     #[test]
     fn app_specs() {
         assert_eq!(split_app("probe:app"), Ok(("probe", "app")));
-        assert_eq!(split_app("pkg.mod:create_app()"), Ok(("pkg.mod", "create_app()")));
-        assert_eq!(split_app("m:create_app(\"a:b\", 1)"), Ok(("m", "create_app(\"a:b\", 1)")));
+        assert_eq!(
+            split_app("pkg.mod:create_app()"),
+            Ok(("pkg.mod", "create_app()"))
+        );
+        assert_eq!(
+            split_app("m:create_app(\"a:b\", 1)"),
+            Ok(("m", "create_app(\"a:b\", 1)"))
+        );
         assert_eq!(split_app("apps/x.py:app"), Ok(("apps/x.py", "app")));
         assert_eq!(split_app("mod"), Ok(("mod", "application")));
         assert!(split_app("mod:").is_err());

@@ -18,18 +18,25 @@ pub fn serve(listener: std::os::unix::net::UnixListener, stats: SharedStats) -> 
     let listener = tokio::net::UnixListener::from_std(listener)?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let stats = stats.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| answer(req, stats.clone()));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
     Ok(())
 }
 
-async fn answer(req: Request<Incoming>, stats: SharedStats) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    stats: SharedStats,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats") => {
             let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -40,6 +47,9 @@ async fn answer(req: Request<Incoming>, stats: SharedStats) -> Result<Response<F
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

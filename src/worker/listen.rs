@@ -24,16 +24,28 @@ impl Listener {
 pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(Error::Config(format!("{} is in use by another running server", path.display())));
+            return Err(Error::Config(format!(
+                "{} is in use by another running server",
+                path.display()
+            )));
         }
-        std::fs::remove_file(path).map_err(|e| Error::Config(format!("cannot remove stale socket {}: {e}", path.display())))?;
+        std::fs::remove_file(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            ))
+        })?;
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
     {
-        return Err(Error::Config(format!("socket directory {} does not exist", dir.display())));
+        return Err(Error::Config(format!(
+            "socket directory {} does not exist",
+            dir.display()
+        )));
     }
-    UnixListener::bind(path).map_err(|e| Error::Config(format!("cannot bind {}: {e}", path.display())))
+    UnixListener::bind(path)
+        .map_err(|e| Error::Config(format!("cannot bind {}: {e}", path.display())))
 }
 
 /// Binds the server socket from `--socket` or `--bind` (with a backlog large enough for bursts).
@@ -41,14 +53,21 @@ pub fn bind(socket: Option<&Path>, bind: Option<&str>) -> Result<Listener> {
     let (fd, describe): (OwnedFd, String) = match (socket, bind) {
         (Some(p), _) => (bind_unix(p)?.into(), format!("unix:{}", p.display())),
         (None, Some(addr)) => {
-            let sa: SocketAddr = addr
-                .parse()
-                .map_err(|_| Error::Config(format!("--bind {addr}: expected HOST:PORT with a literal IP address")))?;
-            let l = TcpListener::bind(sa).map_err(|e| Error::Config(format!("cannot bind {sa}: {e}")))?;
+            let sa: SocketAddr = addr.parse().map_err(|_| {
+                Error::Config(format!(
+                    "--bind {addr}: expected HOST:PORT with a literal IP address"
+                ))
+            })?;
+            let l = TcpListener::bind(sa)
+                .map_err(|e| Error::Config(format!("cannot bind {sa}: {e}")))?;
             let local = l.local_addr()?;
             (l.into(), format!("http://{local}"))
         }
-        (None, None) => return Err(Error::Config("one of --socket PATH or --bind HOST:PORT is required".into())),
+        (None, None) => {
+            return Err(Error::Config(
+                "one of --socket PATH or --bind HOST:PORT is required".into(),
+            ));
+        }
     };
     // std binds with a backlog of 128; a bigger queue rides out SIGHUP rolls and bursts.
     // SAFETY: listen(2) on a socket we own.
@@ -77,7 +96,12 @@ mod tests {
     #[test]
     fn bind_needs_an_address() {
         assert!(bind(None, None).is_err());
-        assert!(bind(None, Some("localhost:80")).unwrap_err().to_string().contains("HOST:PORT"));
+        assert!(
+            bind(None, Some("localhost:80"))
+                .unwrap_err()
+                .to_string()
+                .contains("HOST:PORT")
+        );
         let l = bind(None, Some("127.0.0.1:0")).unwrap();
         assert!(l.describe.starts_with("http://127.0.0.1:"));
     }

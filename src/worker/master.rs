@@ -36,7 +36,9 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
         Some(p) => Some(listen::bind_unix(p)?),
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let status = rt.block_on(supervise(args.clone(), cfg, listener, control))?;
     for p in [&args.socket, &args.control_socket].into_iter().flatten() {
         let _ = std::fs::remove_file(p);
@@ -50,7 +52,11 @@ pub fn pool_config(args: &WorkerArgs) -> Result<PoolConfig> {
     super::config::validate(o)?;
     let autoscale = o.min_workers.is_some() || o.max_workers.is_some();
     let (min, max) = if autoscale {
-        (o.min_workers.unwrap_or(1), o.max_workers.unwrap_or(o.workers.max(o.min_workers.unwrap_or(1))))
+        (
+            o.min_workers.unwrap_or(1),
+            o.max_workers
+                .unwrap_or(o.workers.max(o.min_workers.unwrap_or(1))),
+        )
     } else {
         (1, 1024)
     };
@@ -80,7 +86,11 @@ async fn supervise(
         control::serve(c, stats.clone())?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _watcher = if args.opts.reload { Some(watch_sources(&args, tx.clone())?) } else { None };
+    let _watcher = if args.opts.reload {
+        Some(watch_sources(&args, tx.clone())?)
+    } else {
+        None
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -146,9 +156,19 @@ fn signal_worker(pool: &Pool, id: u64, sig: Signal) {
 }
 
 /// The app cannot be imported: stop everything, leave the traceback where Kubernetes shows it.
-async fn give_up(args: &WorkerArgs, pool: &mut Pool, rx: &mut mpsc::UnboundedReceiver<Event>) -> i32 {
-    let tb = pool.last_boot_error().unwrap_or("the app could not be loaded").to_string();
-    tracing::error!(failures = args.opts.max_boot_failures, "the app failed to boot too often, giving up:\n{tb}");
+async fn give_up(
+    args: &WorkerArgs,
+    pool: &mut Pool,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+) -> i32 {
+    let tb = pool
+        .last_boot_error()
+        .unwrap_or("the app could not be loaded")
+        .to_string();
+    tracing::error!(
+        failures = args.opts.max_boot_failures,
+        "the app failed to boot too often, giving up:\n{tb}"
+    );
     if let Some(path) = termination_log(args)
         && let Err(e) = std::fs::write(&path, &tb)
     {
@@ -248,7 +268,10 @@ fn forward(tx: &mpsc::UnboundedSender<Event>, id: u64, line: &str) {
 }
 
 /// Watches the app directory and reports changed `.py` files (for `--reload`).
-fn watch_sources(args: &WorkerArgs, tx: mpsc::UnboundedSender<Event>) -> Result<notify::RecommendedWatcher> {
+fn watch_sources(
+    args: &WorkerArgs,
+    tx: mpsc::UnboundedSender<Event>,
+) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let dir = match &args.opts.chdir {
         Some(d) => d.clone(),
@@ -256,7 +279,11 @@ fn watch_sources(args: &WorkerArgs, tx: mpsc::UnboundedSender<Event>) -> Result<
     };
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };
-        let relevant = !ev.kind.is_access() && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "py"));
+        let relevant = !ev.kind.is_access()
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "py"));
         if relevant {
             let _ = tx.send(Event::SourceChanged);
         }

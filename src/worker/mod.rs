@@ -31,7 +31,12 @@ pub struct WorkerArgs {
     pub opts: WorkerOpts,
 
     /// Listen on this Unix socket (the pod's shared volume).
-    #[arg(long, env = "KUBEWSGI_SOCKET", value_name = "PATH", conflicts_with = "bind")]
+    #[arg(
+        long,
+        env = "KUBEWSGI_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "bind"
+    )]
     pub socket: Option<PathBuf>,
 
     /// Listen on this TCP address instead of a Unix socket.
@@ -47,7 +52,12 @@ pub struct WorkerArgs {
     pub termination_log: Option<PathBuf>,
 
     /// On `--bind`, trust `X-Forwarded-*` from these peer IPs (comma-separated, `*` = any). The Unix socket always trusts them.
-    #[arg(long, env = "KUBEWSGI_FORWARDED_ALLOW_IPS", value_name = "IPS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KUBEWSGI_FORWARDED_ALLOW_IPS",
+        value_name = "IPS",
+        value_delimiter = ','
+    )]
     pub forwarded_allow_ips: Vec<String>,
 
     /// In-pod autoscaling: seconds all threads must stay busy before a worker is added.
@@ -76,7 +86,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs `kubewsgi worker` until it is told to stop: the master, or a worker process when re-executed by one.
 pub fn main(args: WorkerArgs) -> Result<()> {
     if let Some(id) = std::env::var_os(protocol::CHILD_ENV) {
-        let id: u64 = id.to_string_lossy().parse().map_err(|_| Error::Config("bad worker id".into()))?;
+        let id: u64 = id
+            .to_string_lossy()
+            .parse()
+            .map_err(|_| Error::Config("bad worker id".into()))?;
         return run_child(id, args);
     }
     let status = master::run(args)?;
@@ -94,9 +107,15 @@ fn run_child(id: u64, args: WorkerArgs) -> Result<()> {
 #[cfg(not(feature = "python"))]
 fn run_child(_id: u64, _args: WorkerArgs) -> Result<()> {
     use std::io::Write as _;
-    let r = protocol::Report::BootError { traceback: "this kubewsgi was built without Python support".into() };
+    let r = protocol::Report::BootError {
+        traceback: "this kubewsgi was built without Python support".into(),
+    };
     // SAFETY: fd 4 is the report socket the master passed; ManuallyDrop keeps it open for the process.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(protocol::REPORT_FD) });
+    let mut f = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(protocol::REPORT_FD)
+    });
     let _ = f.write_all(&r.to_line());
-    Err(Error::Config("this kubewsgi was built without Python support".into()))
+    Err(Error::Config(
+        "this kubewsgi was built without Python support".into(),
+    ))
 }

@@ -71,6 +71,8 @@ pub struct Stats {
     pub retiring: u32,
     pub target_workers: u32,
     pub boot_error: Option<String>,
+    /// Process ids of the serving workers.
+    pub pids: Vec<i32>,
 }
 
 /// The set of worker processes and the decisions about them.
@@ -125,7 +127,11 @@ impl Pool {
 
     /// Process id of a slot (0 while it is being started).
     pub fn pid(&self, id: u64) -> Option<i32> {
-        self.slots.iter().find(|s| s.id == id).map(|s| s.pid).filter(|&p| p > 0)
+        self.slots
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.pid)
+            .filter(|&p| p > 0)
     }
 
     pub fn set_pid(&mut self, id: u64, pid: i32) {
@@ -155,7 +161,10 @@ impl Pool {
         if let State::Retiring { .. } = s.state {
             return;
         }
-        s.state = State::Retiring { since: now, signalled: true };
+        s.state = State::Retiring {
+            since: now,
+            signalled: true,
+        };
         out.push(Action::Term(s.id));
     }
 
@@ -196,17 +205,24 @@ impl Pool {
 
     /// Worker `id` has exited (or could not be started).
     pub fn exited(&mut self, id: u64, now: Instant) -> Vec<Action> {
-        let Some(pos) = self.slots.iter().position(|s| s.id == id) else { return Vec::new() };
+        let Some(pos) = self.slots.iter().position(|s| s.id == id) else {
+            return Vec::new();
+        };
         let s = self.slots.remove(pos);
         self.requests_done += s.requests;
         match s.state {
             State::Booting => {
                 self.boot_failures += 1;
-                let tb = s.boot_error.unwrap_or_else(|| "worker exited before the app was loaded".into());
+                let tb = s
+                    .boot_error
+                    .unwrap_or_else(|| "worker exited before the app was loaded".into());
                 self.last_boot_error = Some(tb);
                 let wait = boot_backoff(self.boot_failures);
                 tracing::warn!(worker = id, failures = self.boot_failures, retry_in = ?wait, "worker failed to boot");
-                if !self.ever_booted && self.cfg.max_boot_failures > 0 && self.boot_failures >= self.cfg.max_boot_failures {
+                if !self.ever_booted
+                    && self.cfg.max_boot_failures > 0
+                    && self.boot_failures >= self.cfg.max_boot_failures
+                {
                     return vec![Action::GiveUp];
                 }
                 self.next_spawn_at = Some(now + wait);
@@ -229,7 +245,8 @@ impl Pool {
 
     /// SIGTTIN / SIGTTOU: one worker more or fewer, within the bounds.
     pub fn resize(&mut self, delta: i32, now: Instant) -> Vec<Action> {
-        let t = (self.target as i64 + delta as i64).clamp(self.cfg.min_workers as i64, self.cfg.max_workers as i64);
+        let t = (self.target as i64 + delta as i64)
+            .clamp(self.cfg.min_workers as i64, self.cfg.max_workers as i64);
         self.target = t as u32;
         self.reconcile(now)
     }
@@ -251,14 +268,30 @@ impl Pool {
         for s in &mut self.slots {
             match s.state {
                 State::Retiring { since, .. } if now.duration_since(since) > kill_after => {
-                    tracing::warn!(worker = s.id, pid = s.pid, "worker did not drain in time, killing it");
+                    tracing::warn!(
+                        worker = s.id,
+                        pid = s.pid,
+                        "worker did not drain in time, killing it"
+                    );
                     out.push(Action::Kill(s.id));
-                    s.state = State::Retiring { since: now, signalled: true };
+                    s.state = State::Retiring {
+                        since: now,
+                        signalled: true,
+                    };
                 }
-                State::Booting | State::Ready if now.duration_since(s.last_beat) > self.cfg.heartbeat_timeout => {
-                    tracing::error!(worker = s.id, pid = s.pid, "worker heartbeat stopped, killing it");
+                State::Booting | State::Ready
+                    if now.duration_since(s.last_beat) > self.cfg.heartbeat_timeout =>
+                {
+                    tracing::error!(
+                        worker = s.id,
+                        pid = s.pid,
+                        "worker heartbeat stopped, killing it"
+                    );
                     out.push(Action::Kill(s.id));
-                    s.state = State::Retiring { since: now, signalled: true };
+                    s.state = State::Retiring {
+                        since: now,
+                        signalled: true,
+                    };
                 }
                 _ => {}
             }
@@ -271,7 +304,11 @@ impl Pool {
     }
 
     fn autoscale(&mut self, now: Instant) {
-        let ready: Vec<&Slot> = self.slots.iter().filter(|s| s.state == State::Ready && s.generation == self.generation).collect();
+        let ready: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.state == State::Ready && s.generation == self.generation)
+            .collect();
         let booting = self.slots.iter().any(|s| s.state == State::Booting);
         if ready.is_empty() || booting {
             self.busy_since = None;
@@ -283,7 +320,9 @@ impl Pool {
         let per = (capacity / ready.len() as u32).max(1);
         if busy >= capacity {
             let since = *self.busy_since.get_or_insert(now);
-            if now.duration_since(since) >= self.cfg.scale_up_after && self.target < self.cfg.max_workers {
+            if now.duration_since(since) >= self.cfg.scale_up_after
+                && self.target < self.cfg.max_workers
+            {
                 self.target += 1;
                 self.busy_since = None;
                 tracing::info!(workers = self.target, "all threads busy, adding a worker");
@@ -294,7 +333,9 @@ impl Pool {
         // Spare: the busy threads would fit in one process fewer, with a thread to spare.
         if busy < capacity.saturating_sub(per) {
             let since = *self.spare_since.get_or_insert(now);
-            if now.duration_since(since) >= self.cfg.scale_down_after && self.target > self.cfg.min_workers {
+            if now.duration_since(since) >= self.cfg.scale_down_after
+                && self.target > self.cfg.min_workers
+            {
                 self.target -= 1;
                 self.spare_since = None;
                 tracing::info!(workers = self.target, "workers idle, retiring one");
@@ -328,14 +369,26 @@ impl Pool {
             return out;
         }
         let generation = self.generation;
-        let current = self.slots.iter().filter(|s| s.generation == generation && Self::is_active(s)).count() as u32;
+        let current = self
+            .slots
+            .iter()
+            .filter(|s| s.generation == generation && Self::is_active(s))
+            .count() as u32;
         if current < self.target {
             let backoff = self.next_spawn_at.is_some_and(|t| now < t);
             if !backoff {
                 self.next_spawn_at = None;
                 // After a boot failure, retry one at a time.
-                let n = if self.boot_failures > 0 { 1.min(self.target - current) } else { self.target - current };
-                let booting = self.slots.iter().filter(|s| s.state == State::Booting).count() as u32;
+                let n = if self.boot_failures > 0 {
+                    1.min(self.target - current)
+                } else {
+                    self.target - current
+                };
+                let booting = self
+                    .slots
+                    .iter()
+                    .filter(|s| s.state == State::Booting)
+                    .count() as u32;
                 if self.boot_failures == 0 || booting == 0 {
                     for _ in 0..n {
                         let id = self.new_slot(now);
@@ -359,7 +412,11 @@ impl Pool {
             }
         }
         // Older generations stay until enough of the current one serve.
-        let new_ready = self.slots.iter().filter(|s| s.generation == generation && s.state == State::Ready).count() as u32;
+        let new_ready = self
+            .slots
+            .iter()
+            .filter(|s| s.generation == generation && s.state == State::Ready)
+            .count() as u32;
         let keep_old = self.target.saturating_sub(new_ready) as usize;
         let mut old: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].generation != generation && Self::is_active(&self.slots[i]))
@@ -379,7 +436,11 @@ impl Pool {
     }
 
     pub fn stats(&self) -> Stats {
-        let serving: Vec<&Slot> = self.slots.iter().filter(|s| s.state == State::Ready).collect();
+        let serving: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.state == State::Ready)
+            .collect();
         let workers = serving.len() as u32;
         let capacity: u32 = serving.iter().map(|s| s.threads).sum();
         let busy: u32 = serving.iter().map(|s| s.busy).sum();
@@ -391,12 +452,21 @@ impl Pool {
             restarts: self.restarts,
             requests: self.requests_done + self.slots.iter().map(|s| s.requests).sum::<u64>(),
             ready: workers > 0,
-            max_workers: if self.cfg.autoscale { self.cfg.max_workers } else { self.target },
+            max_workers: if self.cfg.autoscale {
+                self.cfg.max_workers
+            } else {
+                self.target
+            },
             min_workers: self.cfg.min_workers,
-            booting: self.slots.iter().filter(|s| s.state == State::Booting).count() as u32,
+            booting: self
+                .slots
+                .iter()
+                .filter(|s| s.state == State::Booting)
+                .count() as u32,
             retiring: self.slots.iter().filter(|s| !Self::is_active(s)).count() as u32,
             target_workers: self.target,
             boot_error: self.last_boot_error.clone(),
+            pids: serving.iter().map(|s| s.pid).collect(),
         }
     }
 }

@@ -16,7 +16,16 @@ fn cfg() -> PoolConfig {
 }
 
 fn spawned(actions: &[Action]) -> Vec<u64> {
-    actions.iter().filter_map(|a| if let Action::Spawn(id) = a { Some(*id) } else { None }).collect()
+    actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Spawn(id) = a {
+                Some(*id)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn boot(pool: &mut Pool, ids: &[u64], now: Instant) -> Vec<Action> {
@@ -47,14 +56,35 @@ fn boot_failures_back_off_then_give_up() {
     let t = Instant::now();
     let mut p = Pool::new(cfg());
     let ids = spawned(&p.tick(t));
-    p.report(ids[0], Report::BootError { traceback: "Traceback: boom".into() }, t);
-    assert!(spawned(&p.exited(ids[0], t)).is_empty(), "retry waits for the backoff");
+    p.report(
+        ids[0],
+        Report::BootError {
+            traceback: "Traceback: boom".into(),
+        },
+        t,
+    );
+    assert!(
+        spawned(&p.exited(ids[0], t)).is_empty(),
+        "retry waits for the backoff"
+    );
     assert!(spawned(&p.exited(ids[1], t)).is_empty());
-    assert_eq!(p.last_boot_error(), Some("worker exited before the app was loaded"));
-    assert!(spawned(&p.tick(t + Duration::from_millis(900))).is_empty(), "second failure waits 1 s");
+    assert_eq!(
+        p.last_boot_error(),
+        Some("worker exited before the app was loaded")
+    );
+    assert!(
+        spawned(&p.tick(t + Duration::from_millis(900))).is_empty(),
+        "second failure waits 1 s"
+    );
     let retry = spawned(&p.tick(t + Duration::from_millis(1100)));
     assert_eq!(retry.len(), 1, "one at a time after failures");
-    p.report(retry[0], Report::BootError { traceback: "Traceback: again".into() }, t);
+    p.report(
+        retry[0],
+        Report::BootError {
+            traceback: "Traceback: again".into(),
+        },
+        t,
+    );
     assert_eq!(p.exited(retry[0], t), vec![Action::GiveUp]);
     assert_eq!(p.last_boot_error(), Some("Traceback: again"));
     assert_eq!(p.stats().boot_error.as_deref(), Some("Traceback: again"));
@@ -78,7 +108,11 @@ fn reload_keeps_old_workers_until_new_ones_serve() {
     assert_eq!(new.len(), 2);
     assert_eq!(p.stats().workers, 2, "old ones still serve");
     let a = boot(&mut p, &new[..1], t);
-    assert_eq!(a, vec![Action::Term(old[0])], "one old retires per new ready");
+    assert_eq!(
+        a,
+        vec![Action::Term(old[0])],
+        "one old retires per new ready"
+    );
     let a = boot(&mut p, &new[1..], t);
     assert_eq!(a, vec![Action::Term(old[1])]);
     assert_eq!(p.stats().workers, 2);
@@ -91,7 +125,13 @@ fn retire_report_starts_replacement_and_stuck_drain_is_killed() {
     let mut p = Pool::new(cfg());
     let ids = spawned(&p.tick(t));
     boot(&mut p, &ids, t);
-    let a = p.report(ids[0], Report::Retire { reason: "timeout".into() }, t);
+    let a = p.report(
+        ids[0],
+        Report::Retire {
+            reason: "timeout".into(),
+        },
+        t,
+    );
     assert!(a.contains(&Action::Term(ids[0])));
     assert_eq!(spawned(&a).len(), 1);
     let late = t + Duration::from_secs(8);
@@ -105,9 +145,19 @@ fn silent_worker_is_killed() {
     let mut p = Pool::new(cfg());
     let ids = spawned(&p.tick(t));
     boot(&mut p, &ids, t);
-    p.report(ids[1], Report::Beat { busy: 0, requests: 3 }, t + Duration::from_secs(9));
+    p.report(
+        ids[1],
+        Report::Beat {
+            busy: 0,
+            requests: 3,
+        },
+        t + Duration::from_secs(9),
+    );
     let a = p.tick(t + Duration::from_secs(11));
-    assert!(a.contains(&Action::Kill(ids[0])) && !a.contains(&Action::Kill(ids[1])), "{a:?}");
+    assert!(
+        a.contains(&Action::Kill(ids[0])) && !a.contains(&Action::Kill(ids[1])),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -124,27 +174,70 @@ fn ttin_ttou_and_stop() {
     assert_eq!(a.iter().filter(|a| matches!(a, Action::Term(_))).count(), 1);
     let a = p.stop(t);
     assert_eq!(a.len(), 2, "the two still active drain");
-    assert!(spawned(&p.exited(ids[0], t)).is_empty(), "no respawn while stopping");
+    assert!(
+        spawned(&p.exited(ids[0], t)).is_empty(),
+        "no respawn while stopping"
+    );
 }
 
 #[test]
 fn autoscale_adds_under_saturation_and_retires_when_spare() {
     let t = Instant::now();
-    let mut p = Pool::new(PoolConfig { workers: 1, min_workers: 1, max_workers: 3, autoscale: true, ..cfg() });
+    let mut p = Pool::new(PoolConfig {
+        workers: 1,
+        min_workers: 1,
+        max_workers: 3,
+        autoscale: true,
+        ..cfg()
+    });
     let ids = spawned(&p.tick(t));
     boot(&mut p, &ids, t);
     assert_eq!(p.stats().max_workers, 3);
-    p.report(ids[0], Report::Beat { busy: 4, requests: 10 }, t);
+    p.report(
+        ids[0],
+        Report::Beat {
+            busy: 4,
+            requests: 10,
+        },
+        t,
+    );
     assert!(spawned(&p.tick(t + Duration::from_millis(500))).is_empty());
     let up = spawned(&p.tick(t + Duration::from_millis(1600)));
     assert_eq!(up.len(), 1, "saturated for over a second");
     let t2 = t + Duration::from_secs(2);
     boot(&mut p, &up, t2);
-    p.report(ids[0], Report::Beat { busy: 0, requests: 10 }, t2);
-    p.report(up[0], Report::Beat { busy: 1, requests: 1 }, t2);
+    let beat = |p: &mut Pool, at: Instant| {
+        p.report(
+            ids[0],
+            Report::Beat {
+                busy: 0,
+                requests: 10,
+            },
+            at,
+        );
+        p.report(
+            up[0],
+            Report::Beat {
+                busy: 1,
+                requests: 1,
+            },
+            at,
+        );
+    };
+    beat(&mut p, t2);
     assert!(p.tick(t2).is_empty());
-    assert!(p.tick(t2 + Duration::from_secs(10)).is_empty(), "not idle long enough");
-    let a = p.tick(t2 + Duration::from_secs(31));
-    assert_eq!(a.iter().filter(|a| matches!(a, Action::Term(_))).count(), 1, "{a:?}");
+    for secs in [8, 16, 24] {
+        let at = t2 + Duration::from_secs(secs);
+        beat(&mut p, at);
+        assert!(p.tick(at).is_empty(), "not idle long enough at {secs} s");
+    }
+    let at = t2 + Duration::from_secs(31);
+    beat(&mut p, at);
+    let a = p.tick(at);
+    assert_eq!(
+        a.iter().filter(|a| matches!(a, Action::Term(_))).count(),
+        1,
+        "{a:?}"
+    );
     assert_eq!(p.stats().target_workers, 1);
 }

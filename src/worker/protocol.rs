@@ -42,12 +42,23 @@ mod tests {
     fn lines_round_trip() {
         for r in [
             Report::Ready { threads: 4 },
-            Report::Beat { busy: 1, requests: 9 },
-            Report::Retire { reason: "timeout".into() },
-            Report::BootError { traceback: "Traceback\n  line\nKeyError: 'x'".into() },
+            Report::Beat {
+                busy: 1,
+                requests: 9,
+            },
+            Report::Retire {
+                reason: "timeout".into(),
+            },
+            Report::BootError {
+                traceback: "Traceback\n  line\nKeyError: 'x'".into(),
+            },
         ] {
             let line = r.to_line();
-            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line per report");
+            assert_eq!(
+                line.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "one line per report"
+            );
             assert_eq!(serde_json::from_slice::<Report>(&line).unwrap(), r);
         }
     }

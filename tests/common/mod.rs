@@ -48,15 +48,22 @@ impl Server {
         let sock = dir.path().join("app.sock");
         let control = dir.path().join("ctl.sock");
         let log = dir.path().join("server.log");
-        let tcp = extra.iter().position(|a| *a == "--bind").map(|i| extra[i + 1].to_string());
+        let tcp = extra
+            .iter()
+            .position(|a| *a == "--bind")
+            .map(|i| extra[i + 1].to_string());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubewsgi"));
         cmd.arg("worker").arg(app);
         if tcp.is_none() {
             cmd.arg("--socket").arg(&sock);
         }
         cmd.arg("--control-socket").arg(&control).args(extra);
-        cmd.env_remove("VIRTUAL_ENV").env("RUST_LOG", "info").env("NO_COLOR", "1");
-        cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&log).unwrap()).stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        cmd.env_remove("VIRTUAL_ENV")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         tweak(&mut cmd);
         let child = cmd.spawn().expect("start kubewsgi");
@@ -64,7 +71,13 @@ impl Server {
             Some(a) => Target::Tcp(a),
             None => Target::Unix(sock),
         };
-        Server { child, dir, target, control, log }
+        Server {
+            child,
+            dir,
+            target,
+            control,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -82,12 +95,24 @@ impl Server {
 
     /// `GET /stats` from the control socket, `None` while it does not answer.
     pub async fn stats(&self) -> Option<serde_json::Value> {
-        let r = request(&Target::Unix(self.control.clone()), "GET", "/stats", &[], Bytes::new()).await.ok()?;
+        let r = request(
+            &Target::Unix(self.control.clone()),
+            "GET",
+            "/stats",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .ok()?;
         serde_json::from_slice(&r.body).ok()
     }
 
     /// Waits until `cond(stats)` holds (deadline 60 s: CI machines are slow).
-    pub async fn wait_stats(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_stats(
+        &self,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = self.stats().await {
@@ -95,10 +120,16 @@ impl Server {
                     return s;
                 }
                 if Instant::now() > deadline {
-                    panic!("timed out waiting for {what}; last stats {s}\nlog:\n{}", self.log());
+                    panic!(
+                        "timed out waiting for {what}; last stats {s}\nlog:\n{}",
+                        self.log()
+                    );
                 }
             } else if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; no stats\nlog:\n{}", self.log());
+                panic!(
+                    "timed out waiting for {what}; no stats\nlog:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -106,11 +137,16 @@ impl Server {
 
     /// Waits until `n` workers serve.
     pub async fn ready(&self, n: u64) -> serde_json::Value {
-        self.wait_stats(&format!("{n} ready workers"), |s| s["workers"] == n && s["ready"] == true).await
+        self.wait_stats(&format!("{n} ready workers"), |s| {
+            s["workers"] == n && s["ready"] == true
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        request(&self.target, "GET", path, &[], Bytes::new()).await.unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", self.log()))
+        request(&self.target, "GET", path, &[], Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", self.log()))
     }
 
     /// Waits for the master to exit (deadline `secs`), returning its exit code.
@@ -148,7 +184,8 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -169,14 +206,27 @@ impl Conn {
         Ok(Conn { sender })
     }
 
-    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Resp, String> {
-        let mut b = Request::builder().method(method).uri(path).header("host", "test.local");
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Resp, String> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "test.local");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
         let (parts, mut body) = resp.into_parts();
         let mut data = Vec::new();
         let mut body_error = None;
@@ -193,7 +243,12 @@ impl Conn {
                 }
             }
         }
-        Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body: data.into(), body_error })
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: data.into(),
+            body_error,
+        })
     }
 
     /// True once the server closed this connection.
@@ -205,13 +260,21 @@ impl Conn {
 async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
     s: S,
 ) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(std::io::Error::other)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
     Ok(sender)
 }
 
 /// One request on a fresh connection.
-pub async fn request(t: &Target, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Resp, String> {
+pub async fn request(
+    t: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Resp, String> {
     let mut c = Conn::open(t).await.map_err(|e| e.to_string())?;
     c.send(method, path, headers, body).await
 }
@@ -240,5 +303,9 @@ pub async fn raw(t: &Target, bytes: &[u8], secs: u64) -> Vec<u8> {
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

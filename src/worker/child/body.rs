@@ -27,16 +27,33 @@ pub struct RespBody {
 
 impl RespBody {
     pub fn full(data: Bytes, guard: Option<ConnGuard>) -> Self {
-        RespBody { kind: Kind::Full(Some(data), false), shared: None, _guard: guard }
+        RespBody {
+            kind: Kind::Full(Some(data), false),
+            shared: None,
+            _guard: guard,
+        }
     }
 
     /// A whole body that must be followed by a cut connection (the app sent less than promised).
     pub fn short(data: Bytes, guard: Option<ConnGuard>) -> Self {
-        RespBody { kind: Kind::Full(Some(data), true), shared: None, _guard: guard }
+        RespBody {
+            kind: Kind::Full(Some(data), true),
+            shared: None,
+            _guard: guard,
+        }
     }
 
-    pub fn stream(rx: mpsc::Receiver<Chunk>, deadline: Option<Sleep>, shared: Arc<Shared>, guard: Option<ConnGuard>) -> Self {
-        RespBody { kind: Kind::Stream(rx, deadline.map(Box::pin)), shared: Some(shared), _guard: guard }
+    pub fn stream(
+        rx: mpsc::Receiver<Chunk>,
+        deadline: Option<Sleep>,
+        shared: Arc<Shared>,
+        guard: Option<ConnGuard>,
+    ) -> Self {
+        RespBody {
+            kind: Kind::Stream(rx, deadline.map(Box::pin)),
+            shared: Some(shared),
+            _guard: guard,
+        }
     }
 }
 
@@ -44,7 +61,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = BodyBroken;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyBroken>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyBroken>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(data, short) => match data.take() {
@@ -59,15 +79,17 @@ impl Body for RespBody {
                 if let Poll::Ready(item) = rx.poll_recv(cx) {
                     return Poll::Ready(item.map(|c| c.map(Frame::data)));
                 }
-                if let Some(d) = deadline {
-                    if d.as_mut().poll(cx).is_ready() {
-                        *deadline = None;
-                        if let Some(s) = &this.shared {
-                            tracing::error!("request timed out while streaming its response, cutting the connection");
-                            s.retire("timeout");
-                        }
-                        return Poll::Ready(Some(Err(BodyBroken)));
+                if let Some(d) = deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    *deadline = None;
+                    if let Some(s) = &this.shared {
+                        tracing::error!(
+                            "request timed out while streaming its response, cutting the connection"
+                        );
+                        s.retire("timeout");
                     }
+                    return Poll::Ready(Some(Err(BodyBroken)));
                 }
                 Poll::Pending
             }

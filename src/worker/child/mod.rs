@@ -43,15 +43,25 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         match ip.trim() {
             "*" => any = true,
             "" => {}
-            s => allow.push(s.parse().map_err(|_| Error::Config(format!("--forwarded-allow-ips: `{s}` is not an IP address")))?),
+            s => allow.push(s.parse().map_err(|_| {
+                Error::Config(format!("--forwarded-allow-ips: `{s}` is not an IP address"))
+            })?),
         }
     }
-    let jitter = if opts.max_requests_jitter > 0 { RandomState::new().hash_one(id) % (opts.max_requests_jitter + 1) } else { 0 };
+    let jitter = if opts.max_requests_jitter > 0 {
+        RandomState::new().hash_one(id) % (opts.max_requests_jitter + 1)
+    } else {
+        0
+    };
     let shared = Arc::new(Shared {
         jobs: jobs_tx,
         busy: AtomicU32::new(0),
         requests: AtomicU64::new(0),
-        max_requests: if opts.max_requests > 0 { opts.max_requests + jitter } else { 0 },
+        max_requests: if opts.max_requests > 0 {
+            opts.max_requests + jitter
+        } else {
+            0
+        },
         timeout: opts.timeout,
         keep_alive: opts.keep_alive,
         epoch: Instant::now(),
@@ -68,7 +78,9 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     let io = {
         let shared = shared.clone();
         let grace = opts.graceful_timeout;
-        std::thread::Builder::new().name("kubewsgi-http".into()).spawn(move || io_thread(shared, start_rx, grace))?
+        std::thread::Builder::new()
+            .name("kubewsgi-http".into())
+            .spawn(move || io_thread(shared, start_rx, grace))?
     };
 
     let multiprocess = opts.workers > 1 || opts.max_workers.is_some_and(|m| m > 1);
@@ -83,11 +95,20 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         }
     };
     python::spawn_threads(app, opts.threads, jobs_rx, shared.clone())?;
-    shared.reporter.send(&Report::Ready { threads: opts.threads });
+    shared.reporter.send(&Report::Ready {
+        threads: opts.threads,
+    });
     tracing::info!(threads = opts.threads, "worker ready");
     let _ = start_tx.send(());
     let _ = io.join();
-    tracing::info!(requests = shared.requests.load(Ordering::Relaxed), "worker stopped");
+    shared.reporter.send(&Report::Beat {
+        busy: shared.busy.load(Ordering::Relaxed),
+        requests: shared.requests.load(Ordering::Relaxed),
+    });
+    tracing::info!(
+        requests = shared.requests.load(Ordering::Relaxed),
+        "worker stopped"
+    );
     python::flush_stdio();
     // Python threads may be stuck in the app; the process ends without joining them.
     // SAFETY: _exit ends the process; nothing after it runs.
@@ -95,7 +116,10 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
 }
 
 fn io_thread(shared: Arc<Shared>, start: oneshot::Receiver<()>, grace: std::time::Duration) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -118,7 +142,9 @@ fn io_thread(shared: Arc<Shared>, start: oneshot::Receiver<()>, grace: std::time
 
 async fn listen(shared: Arc<Shared>, grace: std::time::Duration) -> std::io::Result<()> {
     use nix::sys::socket::{AddressFamily, SockaddrLike as _, SockaddrStorage, getsockname};
-    let family = getsockname::<SockaddrStorage>(LISTEN_FD).map_err(std::io::Error::from)?.family();
+    let family = getsockname::<SockaddrStorage>(LISTEN_FD)
+        .map_err(std::io::Error::from)?
+        .family();
     if family == Some(AddressFamily::Unix) {
         // SAFETY: fd 3 is the listening Unix socket the master passed; this is its only owner.
         let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
@@ -150,7 +176,10 @@ async fn heartbeat(shared: Arc<Shared>) {
 }
 
 async fn on_signals(shared: Arc<Shared>) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

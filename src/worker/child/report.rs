@@ -26,16 +26,19 @@ impl Reporter {
             unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
             s
         });
-        Reporter { sock: Mutex::new(sock), gone: AtomicBool::new(false) }
+        Reporter {
+            sock: Mutex::new(sock),
+            gone: AtomicBool::new(false),
+        }
     }
 
     pub fn send(&self, r: &Report) {
         let mut g = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = g.as_mut() {
-            if s.write_all(&r.to_line()).is_err() {
-                self.gone.store(true, Ordering::SeqCst);
-                *g = None;
-            }
+        if let Some(s) = g.as_mut()
+            && s.write_all(&r.to_line()).is_err()
+        {
+            self.gone.store(true, Ordering::SeqCst);
+            *g = None;
         }
     }
 

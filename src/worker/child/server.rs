@@ -57,7 +57,10 @@ impl Shared {
     /// Tell the master this worker goes away (a replacement starts at once), then drain.
     pub fn retire(&self, reason: &str) {
         if !self.draining.load(Ordering::SeqCst) {
-            self.reporter.send(&crate::worker::protocol::Report::Retire { reason: reason.into() });
+            self.reporter
+                .send(&crate::worker::protocol::Report::Retire {
+                    reason: reason.into(),
+                });
         }
         self.start_drain();
     }
@@ -77,7 +80,10 @@ pub struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.conn.last_done_ms.store(self.conn.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.conn.last_done_ms.store(
+            self.conn.epoch.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
         self.conn.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -100,7 +106,10 @@ pub async fn serve<L: Accept>(listener: L, shared: Arc<Shared>, grace: Duration)
         // A connection accepted just as the drain began is still served; its response says `Connection: close`.
         match accepted {
             Ok((io, peer)) => {
-                let peer = Peer { trust_forwarded: shared.trusts(peer.remote), ..peer };
+                let peer = Peer {
+                    trust_forwarded: shared.trusts(peer.remote),
+                    ..peer
+                };
                 shared.conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(connection(io, peer, shared.clone()));
             }
@@ -135,7 +144,14 @@ impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
     async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
         let (s, _) = tokio::net::UnixListener::accept(self).await?;
-        Ok((s, Peer { remote: None, local: None, trust_forwarded: true }))
+        Ok((
+            s,
+            Peer {
+                remote: None,
+                local: None,
+                trust_forwarded: true,
+            },
+        ))
     }
 }
 
@@ -145,12 +161,28 @@ impl Accept for tokio::net::TcpListener {
         let (s, remote) = tokio::net::TcpListener::accept(self).await?;
         let _ = s.set_nodelay(true);
         let local = s.local_addr().ok();
-        Ok((s, Peer { remote: Some(remote), local, trust_forwarded: false }))
+        Ok((
+            s,
+            Peer {
+                remote: Some(remote),
+                local,
+                trust_forwarded: false,
+            },
+        ))
     }
 }
 
-async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I, peer: Peer, shared: Arc<Shared>) {
-    let state = Arc::new(ConnState { inflight: AtomicU32::new(0), last_done_ms: AtomicU64::new(0), epoch: Instant::now(), peer });
+async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: I,
+    peer: Peer,
+    shared: Arc<Shared>,
+) {
+    let state = Arc::new(ConnState {
+        inflight: AtomicU32::new(0),
+        last_done_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+        peer,
+    });
     let svc = {
         let (state, shared) = (state.clone(), shared.clone());
         service_fn(move |req| handle(req, state.clone(), shared.clone()))
@@ -167,7 +199,9 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I, p
             let last = state.last_done_ms.load(Ordering::Relaxed);
             Duration::from_millis(state.epoch.elapsed().as_millis() as u64 - last)
         };
-        let wait = keep_alive.saturating_sub(idle_for()).max(Duration::from_millis(10));
+        let wait = keep_alive
+            .saturating_sub(idle_for())
+            .max(Duration::from_millis(10));
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = tokio::time::sleep(wait), if !closing => {
@@ -189,18 +223,31 @@ fn plain(status: StatusCode, msg: &'static str, guard: Option<ConnGuard>) -> Res
     let mut r = Response::new(RespBody::full(Bytes::from_static(msg.as_bytes()), guard));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::SERVER, HeaderValue::from_static("kubewsgi"));
     r
 }
 
-async fn handle(req: Request<Incoming>, conn: Arc<ConnState>, shared: Arc<Shared>) -> Result<Response<RespBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnState>,
+    shared: Arc<Shared>,
+) -> Result<Response<RespBody>, Infallible> {
     conn.inflight.fetch_add(1, Ordering::AcqRel);
     let guard = ConnGuard { conn: conn.clone() };
     let (parts, body) = req.into_parts();
     let input = match read_input(body, &parts.headers).await {
         Ok(i) => i,
-        Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "bad request body\n", Some(guard))),
+        Err(_) => {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                "bad request body\n",
+                Some(guard),
+            ));
+        }
     };
     let (tx, rx) = oneshot::channel();
     let picked_at = Arc::new(AtomicU64::new(0));
@@ -215,16 +262,31 @@ async fn handle(req: Request<Incoming>, conn: Arc<ConnState>, shared: Arc<Shared
         picked_at: picked_at.clone(),
     };
     if shared.jobs.send(job).is_err() {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "worker shutting down\n", Some(guard)));
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker shutting down\n",
+            Some(guard),
+        ));
     }
     let reply = match wait_reply(rx, &picked_at, &shared).await {
         Waited::Reply(r) => r,
-        Waited::Lost => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n", Some(guard))),
+        Waited::Lost => {
+            return Ok(plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error\n",
+                Some(guard),
+            ));
+        }
         Waited::TimedOut => {
             tracing::error!(timeout = ?shared.timeout, "request timed out, answering 504 and retiring this worker");
             shared.retire("timeout");
-            let mut r = plain(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the app did not answer in time\n", Some(guard));
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let mut r = plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the app did not answer in time\n",
+                Some(guard),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(r);
         }
     };
@@ -243,7 +305,11 @@ enum Waited {
 }
 
 /// Waits for the app's reply; the deadline runs from when a Python thread picked the request up.
-async fn wait_reply(mut rx: oneshot::Receiver<Reply>, picked_at: &AtomicU64, shared: &Shared) -> Waited {
+async fn wait_reply(
+    mut rx: oneshot::Receiver<Reply>,
+    picked_at: &AtomicU64,
+    shared: &Shared,
+) -> Waited {
     if shared.timeout.is_zero() {
         return rx.await.map_or(Waited::Lost, Waited::Reply);
     }
@@ -267,8 +333,18 @@ async fn wait_reply(mut rx: oneshot::Receiver<Reply>, picked_at: &AtomicU64, sha
     }
 }
 
-fn respond(reply: Reply, picked_at: &AtomicU64, shared: Arc<Shared>, guard: ConnGuard) -> Response<RespBody> {
-    let Reply { status, reason, mut headers, body } = reply;
+fn respond(
+    reply: Reply,
+    picked_at: &AtomicU64,
+    shared: Arc<Shared>,
+    guard: ConnGuard,
+) -> Response<RespBody> {
+    let Reply {
+        status,
+        reason,
+        mut headers,
+        body,
+    } = reply;
     if !headers.contains_key(header::SERVER) {
         headers.insert(header::SERVER, HeaderValue::from_static("kubewsgi"));
     }
@@ -280,7 +356,11 @@ fn respond(reply: Reply, picked_at: &AtomicU64, shared: Arc<Shared>, guard: Conn
         ReplyBody::Full { data, short: true } => RespBody::short(data, Some(guard)),
         ReplyBody::Stream(rx) => {
             let deadline = (!shared.timeout.is_zero()).then(|| {
-                let ran = Duration::from_millis(shared.now_ms().saturating_sub(picked_at.load(Ordering::Acquire)));
+                let ran = Duration::from_millis(
+                    shared
+                        .now_ms()
+                        .saturating_sub(picked_at.load(Ordering::Acquire)),
+                );
                 tokio::time::sleep(shared.timeout.saturating_sub(ran))
             });
             RespBody::stream(rx, deadline, shared, Some(guard))
@@ -289,10 +369,10 @@ fn respond(reply: Reply, picked_at: &AtomicU64, shared: Arc<Shared>, guard: Conn
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
-    if let Some(reason) = reason {
-        if let Ok(rp) = hyper::ext::ReasonPhrase::try_from(reason) {
-            r.extensions_mut().insert(rp);
-        }
+    if let Some(reason) = reason
+        && let Ok(rp) = hyper::ext::ReasonPhrase::try_from(reason)
+    {
+        r.extensions_mut().insert(rp);
     }
     r
 }
@@ -312,10 +392,11 @@ async fn read_input(mut body: Incoming, headers: &http::HeaderMap) -> Result<Inp
         loop {
             match body.frame().await {
                 Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        if !data.is_empty() && tx.send(Ok(data)).await.is_err() {
-                            return;
-                        }
+                    if let Ok(data) = f.into_data()
+                        && !data.is_empty()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        return;
                     }
                 }
                 Some(Err(_)) => {

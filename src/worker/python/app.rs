@@ -85,14 +85,26 @@ fn serve(py: Python<'_>, app: &App, env: &mut EnvBuilder, mut job: Job) {
             if let Ok(true) = iterable.hasattr("close")
                 && let Err(e) = iterable.call_method0("close")
             {
-                tracing::error!(path = job.uri.path(), "the app's close() raised:\n{}", traceback(py, &e));
+                tracing::error!(
+                    path = job.uri.path(),
+                    "the app's close() raised:\n{}",
+                    traceback(py, &e)
+                );
             }
         }
     }
 }
 
 fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
-    item.cast::<PyBytes>().map_err(|_| PyTypeError::new_err(format!("the app's iterable yielded {}, not bytes", item.get_type().name().map(|n| n.to_string()).unwrap_or_default())))
+    item.cast::<PyBytes>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "the app's iterable yielded {}, not bytes",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
 }
 
 /// Sends what the app returned: lists in one piece, real files from Rust, anything else chunk by chunk.
@@ -134,12 +146,18 @@ fn drive(py: Python<'_>, sr: &Bound<'_, StartResponse>, it: &Bound<'_, PyAny>) -
 }
 
 /// Serves a `wsgi.file_wrapper` over a real file from Rust, without the GIL; false if it is not one.
-fn send_file(py: Python<'_>, sr: &Bound<'_, StartResponse>, fw: &Bound<'_, FileWrapper>) -> PyResult<bool> {
+fn send_file(
+    py: Python<'_>,
+    sr: &Bound<'_, StartResponse>,
+    fw: &Bound<'_, FileWrapper>,
+) -> PyResult<bool> {
     let f = fw.borrow().filelike.clone_ref(py);
     let f = f.bind(py);
     let fd: Option<i32> = f.call_method0("fileno").ok().and_then(|x| x.extract().ok());
     let pos: Option<u64> = f.call_method0("tell").ok().and_then(|x| x.extract().ok());
-    let (Some(fd), Some(mut pos)) = (fd, pos) else { return Ok(false) };
+    let (Some(fd), Some(mut pos)) = (fd, pos) else {
+        return Ok(false);
+    };
     // SAFETY: dup gives this code its own descriptor; the app keeps (and later closes) its own.
     let dup = unsafe { libc::dup(fd) };
     if dup < 0 {
@@ -153,7 +171,9 @@ fn send_file(py: Python<'_>, sr: &Bound<'_, StartResponse>, fw: &Bound<'_, FileW
     };
     let mut s = sr.borrow_mut();
     if !s.has_head() {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err("the app did not call start_response"));
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "the app did not call start_response",
+        ));
     }
     let remaining = size.saturating_sub(pos);
     s.default_content_length(remaining);

@@ -49,7 +49,13 @@ pub struct Consts {
 }
 
 impl Consts {
-    pub fn new(py: Python<'_>, errors: Py<PyAny>, file_wrapper: Py<PyAny>, multithread: bool, multiprocess: bool) -> PyResult<Self> {
+    pub fn new(
+        py: Python<'_>,
+        errors: Py<PyAny>,
+        file_wrapper: Py<PyAny>,
+        multithread: bool,
+        multiprocess: bool,
+    ) -> PyResult<Self> {
         Ok(Consts {
             keys: Keys::new(py),
             version: PyTuple::new(py, [1, 0])?.unbind(),
@@ -68,13 +74,20 @@ impl Consts {
 
 /// A Python str from raw bytes, decoded as latin-1 (PEP 3333 "native strings": bytes map 1:1 to code points).
 pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    if let Ok(s) = std::str::from_utf8(b).map_err(|_| ()).and_then(|s| if s.is_ascii() { Ok(s) } else { Err(()) }) {
+    if let Ok(s) = std::str::from_utf8(b)
+        .map_err(|_| ())
+        .and_then(|s| if s.is_ascii() { Ok(s) } else { Err(()) })
+    {
         return PyString::new(py, s);
     }
     // SAFETY: PyUnicode_DecodeLatin1 reads exactly `len` bytes and cannot fail on any input
     // except memory exhaustion, which from_owned_ptr turns into a panic like any allocation.
     unsafe {
-        let p = ffi::PyUnicode_DecodeLatin1(b.as_ptr().cast(), b.len() as ffi::Py_ssize_t, std::ptr::null());
+        let p = ffi::PyUnicode_DecodeLatin1(
+            b.as_ptr().cast(),
+            b.len() as ffi::Py_ssize_t,
+            std::ptr::null(),
+        );
         Bound::from_owned_ptr(py, p).cast_into_unchecked()
     }
 }
@@ -99,7 +112,9 @@ impl Default for EnvBuilder {
 
 impl EnvBuilder {
     pub fn new() -> Self {
-        EnvBuilder { header_keys: HashMap::new() }
+        EnvBuilder {
+            header_keys: HashMap::new(),
+        }
     }
 
     fn header_key<'py>(&mut self, py: Python<'py>, name: &HeaderName) -> Bound<'py, PyString> {
@@ -108,7 +123,13 @@ impl EnvBuilder {
         }
         let mut key = String::with_capacity(5 + name.as_str().len());
         key.push_str("HTTP_");
-        key.extend(name.as_str().chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }));
+        key.extend(name.as_str().chars().map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        }));
         let k = PyString::intern(py, &key);
         // Unbounded header names from clients must not grow the cache forever.
         if self.header_keys.len() < 512 {
@@ -118,7 +139,13 @@ impl EnvBuilder {
     }
 
     /// Builds the environ of `job`; `input` becomes `wsgi.input`.
-    pub fn build<'py>(&mut self, py: Python<'py>, c: &Consts, job: &Job, input: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    pub fn build<'py>(
+        &mut self,
+        py: Python<'py>,
+        c: &Consts,
+        job: &Job,
+        input: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let k = &c.keys;
         let d = PyDict::new(py);
         let h = &job.headers;
@@ -127,17 +154,36 @@ impl EnvBuilder {
         d.set_item(&k.script_name, &c.empty)?;
         // PATH_INFO is the percent-decoded path as bytes, decoded latin-1 (not UTF-8): apps re-encode it.
         let path = job.uri.path();
-        let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path.as_bytes()).into();
+        let decoded: std::borrow::Cow<'_, [u8]> =
+            percent_encoding::percent_decode(path.as_bytes()).into();
         d.set_item(&k.path_info, latin1(py, &decoded))?;
         // QUERY_STRING stays percent-encoded, as received.
-        d.set_item(&k.query_string, latin1(py, job.uri.query().unwrap_or("").as_bytes()))?;
+        d.set_item(
+            &k.query_string,
+            latin1(py, job.uri.query().unwrap_or("").as_bytes()),
+        )?;
         let raw_uri = job.uri.path_and_query().map_or(path, |pq| pq.as_str());
         let raw = latin1(py, raw_uri.as_bytes());
         d.set_item(&k.raw_uri, &raw)?;
         d.set_item(&k.request_uri, &raw)?;
-        d.set_item(&k.server_protocol, if job.version == Version::HTTP_10 { &c.http10 } else { &c.http11 })?;
+        d.set_item(
+            &k.server_protocol,
+            if job.version == Version::HTTP_10 {
+                &c.http10
+            } else {
+                &c.http11
+            },
+        )?;
 
-        let fwd = if job.peer.trust_forwarded { forwarded(h) } else { Forwarded { host: None, scheme_https: None, remote: None } };
+        let fwd = if job.peer.trust_forwarded {
+            forwarded(h)
+        } else {
+            Forwarded {
+                host: None,
+                scheme_https: None,
+                remote: None,
+            }
+        };
         // REMOTE_ADDR: the hop the trusted proxy appended to X-Forwarded-For, else the TCP peer ("" on the Unix socket).
         match (fwd.remote, job.peer.remote) {
             (Some(r), _) => d.set_item(&k.remote_addr, latin1(py, r))?,
@@ -192,7 +238,9 @@ impl EnvBuilder {
             d.set_item(&k.http_host, latin1(py, fh))?;
         }
         // SERVER_NAME/SERVER_PORT: from the (forwarded) Host, else the listening address.
-        let host = fwd.host.or_else(|| h.get(header::HOST).map(|v| v.as_bytes()));
+        let host = fwd
+            .host
+            .or_else(|| h.get(header::HOST).map(|v| v.as_bytes()));
         let default_port = if https { "443" } else { "80" };
         let (name, port) = match host {
             Some(hv) => split_host(hv, default_port),
@@ -232,10 +280,12 @@ pub fn forwarded(h: &HeaderMap) -> Forwarded<'_> {
     };
     Forwarded {
         host: last("x-forwarded-host").filter(|b| !b.is_empty()),
-        scheme_https: last("x-forwarded-proto").and_then(|p| match p.to_ascii_lowercase().as_slice() {
-            b"https" => Some(true),
-            b"http" => Some(false),
-            _ => None,
+        scheme_https: last("x-forwarded-proto").and_then(|p| {
+            match p.to_ascii_lowercase().as_slice() {
+                b"https" => Some(true),
+                b"http" => Some(false),
+                _ => None,
+            }
         }),
         remote: last("x-forwarded-for").filter(|b| !b.is_empty()),
     }
@@ -245,14 +295,17 @@ pub fn forwarded(h: &HeaderMap) -> Forwarded<'_> {
 pub fn split_host(h: &[u8], default_port: &str) -> (Vec<u8>, String) {
     let h = h.trim_ascii();
     let colon = if h.first() == Some(&b'[') {
-        h.iter().position(|&c| c == b']').and_then(|i| (h.get(i + 1) == Some(&b':')).then_some(i + 1))
+        h.iter()
+            .position(|&c| c == b']')
+            .and_then(|i| (h.get(i + 1) == Some(&b':')).then_some(i + 1))
     } else {
         h.iter().rposition(|&c| c == b':')
     };
     match colon {
-        Some(i) if h[i + 1..].iter().all(u8::is_ascii_digit) && i + 1 < h.len() => {
-            (h[..i].to_vec(), String::from_utf8_lossy(&h[i + 1..]).into_owned())
-        }
+        Some(i) if h[i + 1..].iter().all(u8::is_ascii_digit) && i + 1 < h.len() => (
+            h[..i].to_vec(),
+            String::from_utf8_lossy(&h[i + 1..]).into_owned(),
+        ),
         _ => (h.to_vec(), default_port.to_string()),
     }
 }

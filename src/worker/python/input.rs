@@ -20,13 +20,18 @@ impl Input {
     pub fn new(src: Source) -> Self {
         match src {
             Source::Full(b) => Input { buf: b, rx: None },
-            Source::Stream(rx) => Input { buf: Bytes::new(), rx: Some(rx) },
+            Source::Stream(rx) => Input {
+                buf: Bytes::new(),
+                rx: Some(rx),
+            },
         }
     }
 
     /// Fetches the next chunk into `buf`; false at end of body.
     fn fill(&mut self, py: Python<'_>) -> PyResult<bool> {
-        let Some(rx) = self.rx.as_mut() else { return Ok(false) };
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(false);
+        };
         match py.detach(|| rx.blocking_recv()) {
             Some(Ok(b)) => {
                 self.buf = b;
@@ -34,7 +39,9 @@ impl Input {
             }
             Some(Err(_)) => {
                 self.rx = None;
-                Err(PyOSError::new_err("client disconnected while sending the request body"))
+                Err(PyOSError::new_err(
+                    "client disconnected while sending the request body",
+                ))
             }
             None => {
                 self.rx = None;
@@ -97,14 +104,22 @@ impl Input {
 
     /// `readline(limit=-1)`: one line including its newline, at most `limit` bytes.
     #[pyo3(signature = (limit = None))]
-    fn readline<'py>(&mut self, py: Python<'py>, limit: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        limit: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let b = self.read_line(py, size_arg(limit))?;
         Ok(PyBytes::new(py, &b))
     }
 
     /// `readlines(hint=-1)`: lines until their total size reaches `hint`.
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<isize>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let hint = size_arg(hint).filter(|&h| h > 0).unwrap_or(usize::MAX);
         let out = PyList::empty(py);
         let mut total = 0;

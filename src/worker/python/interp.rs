@@ -35,7 +35,11 @@ pub fn initialize(venv: Option<&Path>) -> Result<(), String> {
         set(&raw mut (*cfg).program_name, b"kubewsgi")?;
         let argv0 = CString::new("kubewsgi").unwrap_or_default();
         let mut argv = [argv0.as_ptr()];
-        status(ffi::PyConfig_SetBytesArgv(&mut config, 1, argv.as_mut_ptr()))?;
+        status(ffi::PyConfig_SetBytesArgv(
+            &mut config,
+            1,
+            argv.as_mut_ptr(),
+        ))?;
         let st = ffi::Py_InitializeFromConfig(&config);
         ffi::PyConfig_Clear(&mut config);
         status(st)?;
@@ -54,7 +58,9 @@ fn status(st: ffi::PyStatus) -> Result<(), String> {
         "unknown error".to_string()
     } else {
         // SAFETY: err_msg is a static C string set by CPython.
-        unsafe { std::ffi::CStr::from_ptr(st.err_msg) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(st.err_msg) }
+            .to_string_lossy()
+            .into_owned()
     };
     Err(format!("Python initialisation failed: {msg}"))
 }
@@ -64,8 +70,14 @@ pub fn load_app(py: Python<'_>, spec: &str, dir: &Path) -> Result<Py<PyAny>, Str
     let (module, attr) = crate::worker::config::split_app(spec)?;
     let run = || -> PyResult<Py<PyAny>> {
         let sys = py.import("sys")?;
-        sys.getattr("path")?.call_method1("insert", (0, dir.to_string_lossy()))?;
-        let loader = PyModule::from_code(py, c_str(include_str!("loader.py")).as_c_str(), c"<kubewsgi loader>", c"_kubewsgi_loader")?;
+        sys.getattr("path")?
+            .call_method1("insert", (0, dir.to_string_lossy()))?;
+        let loader = PyModule::from_code(
+            py,
+            c_str(include_str!("loader.py")).as_c_str(),
+            c"<kubewsgi loader>",
+            c"_kubewsgi_loader",
+        )?;
         Ok(loader.getattr("load")?.call1((module, attr))?.unbind())
     };
     run().map_err(|e| traceback(py, &e))
@@ -77,10 +89,18 @@ fn c_str(s: &str) -> CString {
 
 /// The exception with its traceback, formatted as Python prints it.
 pub fn traceback(py: Python<'_>, e: &PyErr) -> String {
-    let formatted = py.import("traceback").and_then(|tb| tb.call_method1("format_exception", (e.get_type(py), e.value(py), e.traceback(py)))).and_then(|lines| {
-        let parts: Vec<String> = lines.extract()?;
-        Ok(parts.concat())
-    });
+    let formatted = py
+        .import("traceback")
+        .and_then(|tb| {
+            tb.call_method1(
+                "format_exception",
+                (e.get_type(py), e.value(py), e.traceback(py)),
+            )
+        })
+        .and_then(|lines| {
+            let parts: Vec<String> = lines.extract()?;
+            Ok(parts.concat())
+        });
     match formatted {
         Ok(s) => s.trim_end().to_string(),
         Err(_) => e.to_string(),

@@ -8,6 +8,9 @@ pub mod interp;
 pub mod response;
 pub mod streams;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -30,18 +33,28 @@ pub fn boot(opts: &WorkerOpts, multiprocess: bool) -> Result<Arc<App>, String> {
     interp::initialize(opts.venv.as_deref())?;
     Python::attach(|py| {
         let callable = interp::load_app(py, &opts.app, &dir)?;
-        let errors = Py::new(py, streams::Errors::default()).map_err(|e| interp::traceback(py, &e))?.into_any();
+        let errors = Py::new(py, streams::Errors::default())
+            .map_err(|e| interp::traceback(py, &e))?
+            .into_any();
         let wrapper = py.get_type::<streams::FileWrapper>().into_any().unbind();
-        let consts = Consts::new(py, errors, wrapper, opts.threads > 1, multiprocess).map_err(|e| interp::traceback(py, &e))?;
+        let consts = Consts::new(py, errors, wrapper, opts.threads > 1, multiprocess)
+            .map_err(|e| interp::traceback(py, &e))?;
         Ok(Arc::new(App { callable, consts }))
     })
 }
 
 /// Starts the Python threads serving `jobs`.
-pub fn spawn_threads(app: Arc<App>, n: u32, jobs: crossbeam_channel::Receiver<Job>, shared: Arc<Shared>) -> Result<()> {
+pub fn spawn_threads(
+    app: Arc<App>,
+    n: u32,
+    jobs: crossbeam_channel::Receiver<Job>,
+    shared: Arc<Shared>,
+) -> Result<()> {
     for i in 0..n {
         let (app, jobs, shared) = (app.clone(), jobs.clone(), shared.clone());
-        std::thread::Builder::new().name(format!("kubewsgi-py-{i}")).spawn(move || app::thread_main(app, jobs, shared))?;
+        std::thread::Builder::new()
+            .name(format!("kubewsgi-py-{i}"))
+            .spawn(move || app::thread_main(app, jobs, shared))?;
     }
     Ok(())
 }

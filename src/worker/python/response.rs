@@ -38,44 +38,88 @@ pub fn to_latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
         return Ok(s.as_bytes().to_vec());
     }
     s.chars()
-        .map(|c| u8::try_from(c as u32).map_err(|_| PyValueError::new_err(format!("{what} {s:?} is not latin-1"))))
+        .map(|c| {
+            u8::try_from(c as u32)
+                .map_err(|_| PyValueError::new_err(format!("{what} {s:?} is not latin-1")))
+        })
         .collect()
 }
 
-const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Validates `status` and `headers` as given to `start_response`.
 pub fn validate(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
-    let status = status.cast::<PyString>().map_err(|_| PyTypeError::new_err(format!("status must be a str, not {}", type_name(status))))?;
+    let status = status.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("status must be a str, not {}", type_name(status)))
+    })?;
     let line = to_latin1(status, "status")?;
-    let valid_line = line.len() >= 4 && line[..3].iter().all(u8::is_ascii_digit) && line[3] == b' ' && line.iter().all(|&c| c >= 0x20 && c != 0x7f);
-    let code = std::str::from_utf8(line.get(..3).unwrap_or_default()).ok().and_then(|c| c.parse::<u16>().ok());
+    let valid_line = line.len() >= 4
+        && line[..3].iter().all(u8::is_ascii_digit)
+        && line[3] == b' '
+        && line.iter().all(|&c| c >= 0x20 && c != 0x7f);
+    let code = std::str::from_utf8(line.get(..3).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse::<u16>().ok());
     let status = match code.and_then(|c| StatusCode::from_u16(c).ok()) {
         Some(s) if valid_line && s.as_u16() >= 200 => s,
-        _ => return Err(PyValueError::new_err(format!("invalid status {:?}: expected \"NNN Reason\" with NNN from 200 to 999", String::from_utf8_lossy(&line)))),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "invalid status {:?}: expected \"NNN Reason\" with NNN from 200 to 999",
+                String::from_utf8_lossy(&line)
+            )));
+        }
     };
     let reason = &line[4..];
-    let reason = (status.canonical_reason().map(str::as_bytes) != Some(reason)).then(|| Bytes::copy_from_slice(reason));
+    let reason = (status.canonical_reason().map(str::as_bytes) != Some(reason))
+        .then(|| Bytes::copy_from_slice(reason));
 
     if !headers.is_instance_of::<PyList>() && !headers.is_instance_of::<PyTuple>() {
-        return Err(PyTypeError::new_err(format!("headers must be a list of (name, value) tuples, not {}", type_name(headers))));
+        return Err(PyTypeError::new_err(format!(
+            "headers must be a list of (name, value) tuples, not {}",
+            type_name(headers)
+        )));
     }
     let mut map = HeaderMap::new();
     let mut content_length = None;
     for item in headers.try_iter()? {
         let item = item?;
-        let pair = item.cast::<PyTuple>().map_err(|_| PyTypeError::new_err(format!("header {item} is not a (name, value) tuple")))?;
+        let pair = item.cast::<PyTuple>().map_err(|_| {
+            PyTypeError::new_err(format!("header {item} is not a (name, value) tuple"))
+        })?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err(format!("header {pair} is not a (name, value) tuple")));
+            return Err(PyTypeError::new_err(format!(
+                "header {pair} is not a (name, value) tuple"
+            )));
         }
         let (n, v) = (pair.get_item(0)?, pair.get_item(1)?);
         let (Ok(n), Ok(v)) = (n.cast::<PyString>(), v.cast::<PyString>()) else {
-            return Err(PyTypeError::new_err(format!("header {pair}: name and value must be str")));
+            return Err(PyTypeError::new_err(format!(
+                "header {pair}: name and value must be str"
+            )));
         };
         let nb = to_latin1(n, "header name")?;
-        let name = HeaderName::from_bytes(&nb).map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(&nb))))?;
+        let name = HeaderName::from_bytes(&nb).map_err(|_| {
+            PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&nb)
+            ))
+        })?;
         let vb = to_latin1(v, "header value")?;
-        let value = HeaderValue::from_bytes(&vb).map_err(|_| PyValueError::new_err(format!("invalid value for header {name}: {:?}", String::from_utf8_lossy(&vb))))?;
+        let value = HeaderValue::from_bytes(&vb).map_err(|_| {
+            PyValueError::new_err(format!(
+                "invalid value for header {name}: {:?}",
+                String::from_utf8_lossy(&vb)
+            ))
+        })?;
         if HOP_BY_HOP.contains(&name.as_str()) {
             // Connection management belongs to the server; `Connection: close` is honoured, the rest dropped.
             if name == header::CONNECTION && vb.eq_ignore_ascii_case(b"close") {
@@ -86,7 +130,15 @@ pub fn validate(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            let n: u64 = std::str::from_utf8(&vb).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {:?}", String::from_utf8_lossy(&vb))))?;
+            let n: u64 = std::str::from_utf8(&vb)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(&vb)
+                    ))
+                })?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(PyValueError::new_err("conflicting Content-Length headers"));
             }
@@ -97,16 +149,31 @@ pub fn validate(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
         }
         map.append(name, value);
     }
-    Ok(Head { status, reason, headers: map, content_length })
+    Ok(Head {
+        status,
+        reason,
+        headers: map,
+        content_length,
+    })
 }
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
-    o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 impl StartResponse {
     pub fn new(reply: oneshot::Sender<Reply>, is_head_request: bool) -> Self {
-        StartResponse { head: None, reply: Some(reply), stream: None, is_head_request, sent: 0, done: false }
+        StartResponse {
+            head: None,
+            reply: Some(reply),
+            stream: None,
+            is_head_request,
+            sent: 0,
+            done: false,
+        }
     }
 
     pub fn head_sent(&self) -> bool {
@@ -124,9 +191,14 @@ impl StartResponse {
 
     /// Sets Content-Length when the server knows the size and the app left it out.
     pub fn default_content_length(&mut self, n: u64) {
-        if let Some(h) = self.head.as_mut().filter(|h| h.content_length.is_none() && self.reply.is_some()) {
+        if let Some(h) = self
+            .head
+            .as_mut()
+            .filter(|h| h.content_length.is_none() && self.reply.is_some())
+        {
             h.content_length = Some(n);
-            h.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            h.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 
@@ -136,7 +208,9 @@ impl StartResponse {
     }
 
     fn take_head(&mut self) -> PyResult<Head> {
-        self.head.clone().ok_or_else(|| PyRuntimeError::new_err("the app did not call start_response"))
+        self.head
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("the app did not call start_response"))
     }
 
     /// Cuts `data` to what Content-Length still allows.
@@ -146,7 +220,10 @@ impl StartResponse {
                 let room = cl.saturating_sub(self.sent) as usize;
                 if data.len() >= room {
                     if data.len() > room {
-                        tracing::warn!(content_length = cl, "the app sent more than its Content-Length; the rest is dropped");
+                        tracing::warn!(
+                            content_length = cl,
+                            "the app sent more than its Content-Length; the rest is dropped"
+                        );
                     }
                     self.done = true;
                 }
@@ -174,43 +251,62 @@ impl StartResponse {
             self.sent += data.len() as u64;
             let _ = tx.try_send(Ok(data));
             self.stream = Some(tx);
-            let r = Reply { status: head.status, reason: head.reason, headers: head.headers, body: ReplyBody::Stream(rx) };
+            let r = Reply {
+                status: head.status,
+                reason: head.reason,
+                headers: head.headers,
+                body: ReplyBody::Stream(rx),
+            };
             if reply.send(r).is_err() {
                 self.done = true;
             }
             return Ok(());
         }
         self.sent += data.len() as u64;
-        if let Some(tx) = &self.stream {
-            if py.detach(|| tx.blocking_send(Ok(data))).is_err() {
-                self.done = true;
-            }
+        if let Some(tx) = &self.stream
+            && py.detach(|| tx.blocking_send(Ok(data))).is_err()
+        {
+            self.done = true;
         }
         Ok(())
     }
 
     /// The whole body in one piece (nothing sent yet): one reply, no streaming.
     pub fn finish_full(&mut self, data: Bytes) -> PyResult<()> {
-        let Some(reply) = self.reply.take() else { return Ok(()) };
+        let Some(reply) = self.reply.take() else {
+            return Ok(());
+        };
         let head = self.take_head()?;
         let allowed = self.body_allowed();
         let (data, short) = match head.content_length {
             _ if !allowed => (Bytes::new(), false),
             Some(cl) if (data.len() as u64) > cl => {
-                tracing::warn!(content_length = cl, "the app sent more than its Content-Length; the rest is dropped");
+                tracing::warn!(
+                    content_length = cl,
+                    "the app sent more than its Content-Length; the rest is dropped"
+                );
                 (data.slice(..cl as usize), false)
             }
             Some(cl) => {
                 let short = (data.len() as u64) < cl;
                 if short {
-                    tracing::warn!(content_length = cl, sent = data.len(), "the app sent less than its Content-Length; closing the connection");
+                    tracing::warn!(
+                        content_length = cl,
+                        sent = data.len(),
+                        "the app sent less than its Content-Length; closing the connection"
+                    );
                 }
                 (data, short)
             }
             None => (data, false),
         };
         self.done = true;
-        let _ = reply.send(Reply { status: head.status, reason: head.reason, headers: head.headers, body: ReplyBody::Full { data, short } });
+        let _ = reply.send(Reply {
+            status: head.status,
+            reason: head.reason,
+            headers: head.headers,
+            body: ReplyBody::Full { data, short },
+        });
         Ok(())
     }
 
@@ -219,11 +315,15 @@ impl StartResponse {
         if !self.head_sent() {
             return self.finish_full(Bytes::new());
         }
-        if let Some(tx) = self.stream.take() {
-            if self.body_allowed() && self.content_length().is_some_and(|cl| self.sent < cl) {
-                tracing::warn!(sent = self.sent, "the app sent less than its Content-Length; closing the connection");
-                let _ = py.detach(|| tx.blocking_send(Err(BodyBroken)));
-            }
+        if let Some(tx) = self.stream.take()
+            && self.body_allowed()
+            && self.content_length().is_some_and(|cl| self.sent < cl)
+        {
+            tracing::warn!(
+                sent = self.sent,
+                "the app sent less than its Content-Length; closing the connection"
+            );
+            let _ = py.detach(|| tx.blocking_send(Err(BodyBroken)));
         }
         self.done = true;
         Ok(())
@@ -234,9 +334,20 @@ impl StartResponse {
         self.done = true;
         if let Some(reply) = self.reply.take() {
             let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             let body = Bytes::from_static(b"Internal Server Error\n");
-            let _ = reply.send(Reply { status: StatusCode::INTERNAL_SERVER_ERROR, reason: None, headers, body: ReplyBody::Full { data: body, short: false } });
+            let _ = reply.send(Reply {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                reason: None,
+                headers,
+                body: ReplyBody::Full {
+                    data: body,
+                    short: false,
+                },
+            });
         } else if let Some(tx) = self.stream.take() {
             let _ = py.detach(|| tx.blocking_send(Err(BodyBroken)));
         }
@@ -261,7 +372,9 @@ impl StartResponse {
                 Some(e) if this.head_sent() => return Err(PyErr::from_value(e.get_item(1)?)),
                 Some(_) => {}
                 None if this.head.is_some() => {
-                    return Err(PyRuntimeError::new_err("start_response called a second time without exc_info"));
+                    return Err(PyRuntimeError::new_err(
+                        "start_response called a second time without exc_info",
+                    ));
                 }
                 None => {}
             }
@@ -273,9 +386,13 @@ impl StartResponse {
 
     /// The legacy `write(data)` callable: sends `data` at once.
     fn write(&mut self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
-        let b = data.cast::<PyBytes>().map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(&data))))?;
+        let b = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(&data)))
+        })?;
         if self.head.is_none() {
-            return Err(PyRuntimeError::new_err("write() called before start_response"));
+            return Err(PyRuntimeError::new_err(
+                "write() called before start_response",
+            ));
         }
         self.send_chunk(py, b.as_bytes())
     }
