@@ -134,7 +134,9 @@ impl ControlPlane {
         let mut cmd = Command::new(bin_dir().join(tool));
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("PATH", std::env::join_paths(paths).expect("PATH"))
-            // Helm keeps caches and config under HOME-derived paths; keep them per control plane.
+            // kubectl's discovery cache and helm's caches and config default to HOME; keep
+            // them per control plane so runs never share or pile up state.
+            .env("KUBECACHEDIR", self.dir.join("kube-cache"))
             .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
             .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
             .env("HELM_DATA_HOME", self.dir.join("helm/data"));

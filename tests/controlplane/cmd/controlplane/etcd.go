@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -51,9 +54,13 @@ func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, string, error
 	return e, clientURL.String(), nil
 }
 
-// freePorts asks the kernel for n distinct free loopback ports. All listeners stay open until
-// every port is chosen so the same port is never handed out twice.
+// freePorts picks n distinct free loopback ports below the kernel's ephemeral range. Ports from
+// that range (what binding port 0 returns) can be taken by any outgoing connection between the
+// moment they are chosen and the moment etcd or the API server binds them; ports below it are only
+// ever taken on purpose. Each candidate is checked by binding it, and all stay bound until every
+// port is chosen.
 func freePorts(n int) ([]int, error) {
+	low := ephemeralLow()
 	ports := make([]int, 0, n)
 	listeners := make([]net.Listener, 0, n)
 	defer func() {
@@ -61,15 +68,41 @@ func freePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for attempt := 0; len(ports) < n; attempt++ {
+		if attempt > 1000 {
+			return nil, fmt.Errorf("no free loopback port in %d..%d", minPort, low-1)
+		}
+		port := 0 // ephemeral, when the range leaves no room below it
+		if low-minPort > 1000 {
+			port = minPort + rand.IntN(low-minPort)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		listeners = append(listeners, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+const minPort = 10000
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 when unknown).
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return 32768
+	}
+	low, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return 32768
+	}
+	return low
 }
 
 // closeEtcd stops etcd, giving up after shutdownGrace: a client that never hangs up must not
