@@ -148,6 +148,9 @@ async fn run(args: RunArgs) -> Result<()> {
 
 fn spawn_worker(opts: &WorkerOpts, app_sock: &Path, control_sock: &Path) -> Result<Child> {
     let exe = std::env::current_exe().map_err(io("finding the kubewsgi executable"))?;
+    // Locally a broken import should end `run` at once with the traceback, not be retried.
+    let mut opts = opts.clone();
+    opts.max_boot_failures = 1;
     Command::new(exe)
         .arg("worker")
         .args(opts.to_args())
@@ -155,8 +158,6 @@ fn spawn_worker(opts: &WorkerOpts, app_sock: &Path, control_sock: &Path) -> Resu
         .arg(app_sock)
         .arg("--control-socket")
         .arg(control_sock)
-        .arg("--max-boot-failures")
-        .arg("1")
         .kill_on_drop(true)
         .spawn()
         .map_err(io("starting the worker server"))

@@ -372,6 +372,13 @@ fn sigterm_drains_in_flight_requests() {
         assert!(Instant::now() < end, "still accepting after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The admin listener still answers while draining, and says not ready.
+    let r = raw(
+        s.admin,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&r), 503, "{r}");
+    assert!(body(&r).contains("draining"), "{r}");
     let r = slow.join().unwrap();
     assert_eq!(status(&r), 200, "in-flight request finished: {r}");
     let st = s

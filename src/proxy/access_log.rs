@@ -39,8 +39,8 @@ impl AccessLogger {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                // Stdout is locked per flush only: others (the `run` banner) print there too.
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
                 while let Ok(line) = rx.recv() {
                     let _ = out.write_all(line.as_bytes());
                     while let Ok(line) = rx.try_recv() {

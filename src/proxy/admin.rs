@@ -10,32 +10,24 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use super::buffer::{ProxyBody, full};
 use super::handler::Shared;
-use super::server::until_true;
 
-/// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves the admin endpoints; it keeps answering (`/readyz` 503) while the proxy drains and is
+/// stopped by its owner afterwards.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = until_true(&mut shutdown) => return,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let (shared, builder) = (shared.clone(), builder.clone());
         tokio::spawn(async move {

@@ -86,7 +86,12 @@ pub async fn handle(
         .metrics
         .observe(&method, resp.status().as_u16(), elapsed.as_secs_f64());
     if let (Some(logger), Some((target, headers))) = (&shared.access_log, log) {
-        let bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| http_body::Body::size_hint(resp.body()).exact())
+            .unwrap_or(0);
         logger.log(&Entry {
             peer: peer.addr.ip(),
             method: &method,

@@ -167,7 +167,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         shared.clone(),
         shutdown_rx.clone(),
     ));
-    let admin = admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), shutdown_rx)));
+    let admin = admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     tracing::info!(%local_addr, admin = ?admin_addr, upstream = %cfg.upstream, "proxy listening");
     Ok(Running {
         local_addr,

@@ -1,0 +1,251 @@
+//! `kubewsgi run` under test: started with real apps from `tests/apps/` and the project venv,
+//! announced by its "serving" line, killed on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The crate root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project venv (made by `scripts/setup`).
+pub fn venv() -> PathBuf {
+    root().join(".venv")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `kubewsgi run`.
+pub struct Run {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Run {
+    /// Starts `kubewsgi run APP --chdir DIR --bind … --admin … EXTRA…` without waiting.
+    pub fn spawn(app: &str, chdir: &Path, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubewsgi"))
+            .arg("run")
+            .arg(app)
+            .arg("--chdir")
+            .arg(chdir)
+            .args(["--bind", &addr.to_string(), "--admin", &admin.to_string()])
+            .args(extra)
+            .env("VIRTUAL_ENV", venv())
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kubewsgi run");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                out.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+                err.clone(),
+            ),
+        ] {
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Self {
+            child,
+            addr,
+            admin,
+            out,
+            err,
+        }
+    }
+
+    /// Starts and waits for the "serving" line.
+    pub fn start(app: &str, chdir: &Path, extra: &[&str]) -> Self {
+        let mut r = Self::spawn(app, chdir, extra);
+        let end = Instant::now() + Duration::from_secs(120);
+        while !r.stdout().contains("kubewsgi: serving") {
+            if let Ok(Some(st)) = r.child.try_wait() {
+                panic!(
+                    "kubewsgi run exited early ({st}):\n{}\n{}",
+                    r.stdout(),
+                    r.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "no serving line:\n{}\n{}",
+                r.stdout(),
+                r.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits up to `limit` for exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = raw(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        (status(&r), body(&r).to_string())
+    }
+
+    /// GET on the main listener, returning the raw response.
+    pub fn get(&self, path: &str) -> String {
+        raw(
+            self.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // SIGTERM first so the worker server is stopped too, then make sure.
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(15)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes, reads until close (or 60 s).
+pub fn raw(addr: SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+}
+
+pub fn json(resp: &str) -> serde_json::Value {
+    serde_json::from_str(body(resp)).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+/// One sample of a metric from Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Runs Python code with the project venv; returns stdout (panics on failure).
+pub fn python(code: &str, args: &[&str]) -> String {
+    let out = Command::new(venv().join("bin/python"))
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// curl with a generous timeout; (stdout, success).
+pub fn curl(args: &[&str]) -> (String, bool) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        out.status.success(),
+    )
+}
+
+/// The probe app's directory.
+pub fn probe_dir() -> PathBuf {
+    root().join("tests/apps/proxy_probe")
+}
