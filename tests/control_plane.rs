@@ -215,6 +215,24 @@ fn control_plane_serves_kube_rs_and_kubectl_and_enforces_policy() {
         String::from_utf8_lossy(&helm.stderr)
     );
 
+    // `env` prints what a shell needs to use this control plane with the built tools.
+    let env = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane"),
+    )
+    .arg("env")
+    .arg(&cp.dir)
+    .output()
+    .expect("run scripts/control-plane env");
+    let env = String::from_utf8_lossy(&env.stdout);
+    assert!(
+        env.contains(&format!("export KUBECONFIG={}", cp.kubeconfig.display())),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("export PATH={}:", support_cp::bin_dir().display())),
+        "{env}"
+    );
+
     let pid: i32 = std::fs::read_to_string(cp.dir.join("pid"))
         .expect("pid file")
         .trim()
