@@ -195,6 +195,20 @@ fn control_plane_serves_kube_rs_and_kubectl_and_enforces_policy() {
         "{stderr}"
     );
 
+    // Component identities: the scheduler may bind pods, the node may not.
+    let can_bind = |identity: &str| {
+        let kubeconfig = cp.dir.join("pki").join(format!("{identity}.kubeconfig"));
+        let out = cp
+            .command("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .args(["auth", "can-i", "create", "pods", "--subresource=binding"])
+            .output()
+            .expect("run kubectl");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(can_bind("scheduler"), "yes");
+    assert_eq!(can_bind("node"), "no");
+
     // Namespace deletion completes: the namespace controller empties and removes it.
     rt.block_on(async {
         let api: Api<Namespace> = Api::all(client.clone());

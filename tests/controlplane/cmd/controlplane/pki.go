@@ -20,17 +20,38 @@ import (
 
 // pki holds the paths of every key, certificate and credential file the control plane uses.
 type pki struct {
-	Dir            string
-	CACert         string
-	CAKey          string
-	ServingCert    string
-	ServingKey     string
-	SAKey          string // private key: signs service account tokens (controller-manager, apiserver)
-	SAPub          string // public key: verifies them
-	TokenFile      string
-	AdminToken     string
-	ControllerCert string
-	ControllerKey  string
+	Dir         string
+	CACert      string
+	CAKey       string
+	ServingCert string
+	ServingKey  string
+	SAKey       string // private key: signs service account tokens (controller-manager, apiserver)
+	SAPub       string // public key: verifies them
+	TokenFile   string
+	AdminToken  string
+}
+
+// clientIdentity is a user the API server knows by a client certificate signed by the CA.
+type clientIdentity struct {
+	Name   string // file base name: pki/NAME.crt, pki/NAME.key
+	User   string
+	Groups []string
+}
+
+// clientIdentities are the components' users, each with the rights the default RBAC and the Node
+// authorizer give it: the controller-manager, a scheduler (may bind pods to nodes) and one node
+// (may update its Node and the pods bound to it) for a node agent.
+var clientIdentities = []clientIdentity{
+	{Name: "controller-manager", User: "system:kube-controller-manager"},
+	{Name: "scheduler", User: "system:kube-scheduler"},
+	{Name: "node", User: "system:node:" + nodeName, Groups: []string{"system:nodes"}},
+}
+
+// nodeName is the Node the `node` identity may act for.
+const nodeName = "kubewsgi-node"
+
+func (p *pki) clientCert(name string) (cert, key string) {
+	return filepath.Join(p.Dir, name+".crt"), filepath.Join(p.Dir, name+".key")
 }
 
 const certValidity = 10 * 365 * 24 * time.Hour
@@ -43,18 +64,16 @@ func ensurePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	p := &pki{
-		Dir:            dir,
-		CACert:         filepath.Join(dir, "ca.crt"),
-		CAKey:          filepath.Join(dir, "ca.key"),
-		ServingCert:    filepath.Join(dir, "apiserver.crt"),
-		ServingKey:     filepath.Join(dir, "apiserver.key"),
-		SAKey:          filepath.Join(dir, "sa.key"),
-		SAPub:          filepath.Join(dir, "sa.pub"),
-		TokenFile:      filepath.Join(dir, "tokens.csv"),
-		ControllerCert: filepath.Join(dir, "controller-manager.crt"),
-		ControllerKey:  filepath.Join(dir, "controller-manager.key"),
+		Dir:         dir,
+		CACert:      filepath.Join(dir, "ca.crt"),
+		CAKey:       filepath.Join(dir, "ca.key"),
+		ServingCert: filepath.Join(dir, "apiserver.crt"),
+		ServingKey:  filepath.Join(dir, "apiserver.key"),
+		SAKey:       filepath.Join(dir, "sa.key"),
+		SAPub:       filepath.Join(dir, "sa.pub"),
+		TokenFile:   filepath.Join(dir, "tokens.csv"),
 	}
-	if exists(p.TokenFile) && exists(p.ControllerKey) {
+	if _, lastKey := p.clientCert(clientIdentities[len(clientIdentities)-1].Name); exists(p.TokenFile) && exists(lastKey) {
 		token, err := readAdminToken(p.TokenFile)
 		if err != nil {
 			return nil, err
@@ -102,12 +121,15 @@ func ensurePKI(dir string) (*pki, error) {
 	if err := issue(serving, caCert, caKey, p.ServingCert, p.ServingKey); err != nil {
 		return nil, err
 	}
-	controller := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "system:kube-controller-manager"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if err := issue(controller, caCert, caKey, p.ControllerCert, p.ControllerKey); err != nil {
-		return nil, err
+	for _, id := range clientIdentities {
+		tmpl := &x509.Certificate{
+			Subject:     pkix.Name{CommonName: id.User, Organization: id.Groups},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}
+		certPath, keyPath := p.clientCert(id.Name)
+		if err := issue(tmpl, caCert, caKey, certPath, keyPath); err != nil {
+			return nil, err
+		}
 	}
 
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)

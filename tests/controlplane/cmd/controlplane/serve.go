@@ -85,11 +85,16 @@ func run(dir string, full bool, owner int) error {
 	if err := writeKubeconfig(kubeconfig, server, p.CACert, "admin", credential{Token: p.AdminToken}); err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	cmKubeconfig := filepath.Join(dir, "pki", "controller-manager.kubeconfig")
-	if err := writeKubeconfig(cmKubeconfig, server, p.CACert, "system:kube-controller-manager",
-		credential{CertFile: p.ControllerCert, KeyFile: p.ControllerKey}); err != nil {
-		return fmt.Errorf("controller-manager kubeconfig: %w", err)
+	// Components authenticate with client certificates, as in kubeadm clusters: the user and
+	// groups come from the certificate, so the Node authorizer and default RBAC apply to them.
+	for _, id := range clientIdentities {
+		cert, key := p.clientCert(id.Name)
+		path := filepath.Join(p.Dir, id.Name+".kubeconfig")
+		if err := writeKubeconfig(path, server, p.CACert, id.User, credential{CertFile: cert, KeyFile: key}); err != nil {
+			return fmt.Errorf("%s kubeconfig: %w", id.Name, err)
+		}
 	}
+	cmKubeconfig := filepath.Join(p.Dir, "controller-manager.kubeconfig")
 
 	// The API server installs its own SIGTERM/SIGINT handler and returns from Execute once it
 	// has shut down; this handler only stops the controller-manager alongside it.
