@@ -110,7 +110,7 @@ func run(dir string, full bool, owner int) error {
 	}
 
 	cmd := apiserver.NewAPIServerCommand()
-	cmd.SetArgs(apiserverArgs(dir, p, etcdURL, apiPort))
+	cmd.SetArgs(apiserverArgs(p, etcdURL, apiPort))
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- cmd.Execute() }()
 
@@ -154,7 +154,7 @@ func run(dir string, full bool, owner int) error {
 // apiserverArgs are the flags of a small single-node API server: loopback only, RBAC and Node
 // authorization, the default admission plugins (PodSecurity among them), and no priority and
 // fairness (its queues cost CPU and only matter under contention between many clients).
-func apiserverArgs(dir string, p *pki, etcdURL string, port int) []string {
+func apiserverArgs(p *pki, etcdURL string, port int) []string {
 	return []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
