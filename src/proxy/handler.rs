@@ -56,6 +56,10 @@ impl Shared {
     }
 }
 
+/// Request marker: the raw head had both Content-Length and Transfer-Encoding.
+#[derive(Clone, Copy, Debug)]
+pub struct ConflictingFraming;
+
 /// The client side of one connection.
 #[derive(Clone, Copy)]
 pub struct Peer {
@@ -112,6 +116,13 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
         Ok(h) => h,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), req.version()),
     };
+    if req.extensions().get::<ConflictingFraming>().is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+            req.version(),
+        );
+    }
     if shared.statics.matches(req.uri().path()) {
         return shared.statics.serve(&req).await;
     }

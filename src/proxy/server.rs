@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::config::ProxyOpts;
 use super::handler::{self, Peer, Shared};
-use super::slow_head;
+use super::raw_head::{self, Progress, Watched};
 
 /// hyper connection builders with the proxy's limits.
 struct Builders {
@@ -150,20 +150,20 @@ async fn plain(b: &Builders, stream: TcpStream, shared: Arc<Shared>, peer: Peer,
         Detected::Nothing => {}
         Detected::Stalled => {
             if let Ok(s) = stream.into_std() {
-                slow_head::send_408(s);
+                raw_head::send_408(s);
             }
         }
         Detected::H2 => h2(b, stream, shared, peer, watcher).await,
-        Detected::H1 => match slow_head::Counted::new(stream) {
-            Ok((io, progress, dup)) => {
-                if h1(b, io, shared, peer, watcher, Some(progress.clone())).await
-                    && progress.mid_request()
-                {
-                    slow_head::send_408(dup);
-                }
+        Detected::H1 => {
+            let dup = raw_head::duplicate(&stream);
+            let (io, progress) = Watched::new(stream);
+            if h1(b, io, shared, peer, watcher, progress.clone()).await
+                && progress.mid_request()
+                && let Ok(dup) = dup
+            {
+                raw_head::send_408(dup);
             }
-            Err(e) => tracing::debug!(addr = %peer.addr, error = %e, "cannot duplicate the socket"),
-        },
+        }
     }
 }
 
@@ -184,14 +184,18 @@ async fn secure(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         h2(b, tls, shared, peer, watcher).await;
     } else {
-        h1(b, tls, shared, peer, watcher, None).await;
+        // No 408 over TLS: it would have to be encrypted by the stream hyper owns.
+        let (io, progress) = Watched::new(tls);
+        h1(b, io, shared, peer, watcher, progress).await;
     }
 }
 
+/// The request service; over HTTP/1.1 it also refuses heads with both Content-Length and
+/// Transfer-Encoding (marked for the handler) and tracks progress for the 408.
 fn service(
     shared: Arc<Shared>,
     peer: Peer,
-    progress: Option<Arc<slow_head::Progress>>,
+    progress: Option<Arc<Progress>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<super::buffer::ProxyBody>,
@@ -200,9 +204,15 @@ fn service(
         Output = Result<http::Response<super::buffer::ProxyBody>, std::convert::Infallible>,
     > + Send,
 > + Clone {
-    service_fn(move |req| {
+    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let (shared, progress) = (shared.clone(), progress.clone());
         async move {
+            if let Some(p) = &progress
+                && req.headers().contains_key(http::header::TRANSFER_ENCODING)
+                && p.length_and_chunked()
+            {
+                req.extensions_mut().insert(handler::ConflictingFraming);
+            }
             let resp = handler::handle(shared, peer, req).await;
             if let Some(p) = progress {
                 p.answered();
@@ -219,13 +229,13 @@ async fn h1<I>(
     shared: Arc<Shared>,
     peer: Peer,
     watcher: Watcher,
-    progress: Option<Arc<slow_head::Progress>>,
+    progress: Arc<Progress>,
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn =
-        b.h1.serve_connection(TokioIo::new(io), service(shared, peer, progress));
+        b.h1.serve_connection(TokioIo::new(io), service(shared, peer, Some(progress)));
     match watcher.watch(conn).await {
         Ok(()) => false,
         Err(e) => {

@@ -1,0 +1,174 @@
+//! What only the raw bytes of an HTTP/1.1 request head reveal.
+//!
+//! - A head that stops arriving: hyper enforces `--client-timeout` but closes without a word.
+//!   Counting bytes tells a half-sent head (answer 408) from an idle keep-alive connection
+//!   (close quietly, as nginx does); the 408 goes through a duplicate of the socket because
+//!   hyper owns the stream until it gives up.
+//! - Both `Content-Length` and `Transfer-Encoding`: hyper follows RFC 9112 (chunked wins, the
+//!   connection closes) and drops the Content-Length before the service sees the request. Such
+//!   requests are refused instead, so they never reach the app; the head bytes are kept for that.
+
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes of a head kept for inspection; hyper refuses longer heads with 431 anyway.
+const HEAD_CAPTURE: usize = 64 * 1024;
+
+/// A connection's reading progress, shared between the stream and the service.
+#[derive(Default)]
+pub struct Progress {
+    read: AtomicU64,
+    answered: AtomicU64,
+    /// Bytes read since the last answer: the start of the current request.
+    head: Mutex<Vec<u8>>,
+}
+
+impl Progress {
+    /// Called when a response is ready: everything read so far belonged to answered requests.
+    pub fn answered(&self) {
+        self.answered
+            .store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Ok(mut h) = self.head.lock() {
+            h.clear();
+        }
+    }
+
+    /// True when bytes of an unanswered request have arrived.
+    pub fn mid_request(&self) -> bool {
+        self.read.load(Ordering::Relaxed) > self.answered.load(Ordering::Relaxed)
+    }
+
+    /// True when the current request's head carries both Content-Length and Transfer-Encoding.
+    pub fn length_and_chunked(&self) -> bool {
+        let Ok(h) = self.head.lock() else {
+            return false;
+        };
+        let end = h
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(h.len());
+        let (mut cl, mut te) = (false, false);
+        for line in h[..end].split(|&b| b == b'\n').skip(1) {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            cl |= name.eq_ignore_ascii_case(b"content-length");
+            te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        }
+        cl && te
+    }
+
+    fn record(&self, bytes: &[u8]) {
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Ok(mut h) = self.head.lock()
+            && h.len() < HEAD_CAPTURE
+        {
+            let take = bytes.len().min(HEAD_CAPTURE - h.len());
+            h.extend_from_slice(&bytes[..take]);
+        }
+    }
+}
+
+/// A stream recording what it reads into a [`Progress`].
+pub struct Watched<T> {
+    inner: T,
+    progress: Arc<Progress>,
+}
+
+impl<T> Watched<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> (Self, Arc<Progress>) {
+        let progress = Arc::new(Progress::default());
+        (
+            Self {
+                inner,
+                progress: progress.clone(),
+            },
+            progress,
+        )
+    }
+}
+
+/// A duplicate of the socket, to answer 408 after hyper has given the stream up.
+pub fn duplicate(s: &TcpStream) -> io::Result<std::net::TcpStream> {
+    Ok(std::net::TcpStream::from(s.as_fd().try_clone_to_owned()?))
+}
+
+/// Writes a 408 on a (non-blocking) socket; best effort, never blocks.
+pub fn send_408(mut s: std::net::TcpStream) {
+    const BODY: &str = "408 Request Timeout: request head not received in time\n";
+    let resp = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = s.write_all(resp.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.progress.record(&buf.filled()[before..]);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_both_framing_headers_in_the_head_only() {
+        let p = Progress::default();
+        p.record(b"POST / HTTP/1.1\r\nHost: h\r\ncontent-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        assert!(p.length_and_chunked());
+        p.answered();
+        assert!(!p.mid_request());
+        p.record(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nContent-Length: 3\r\n");
+        assert!(!p.length_and_chunked(), "body bytes are not headers");
+        assert!(p.mid_request());
+    }
+}
