@@ -1,0 +1,7 @@
+"""Hello world: the smallest WSGI app, measuring the server's own cost per request."""
+
+
+def app(environ, start_response):
+    body = b"Hello, World!"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
