@@ -75,7 +75,7 @@ impl ControlPlane {
             .expect("run scripts/control-plane up");
         if !out.status.success() {
             // Keep the directory: its logs are what explains the failure.
-            let kept = tmp.keep();
+            let kept = keep_logs(tmp);
             panic!(
                 "the local control plane did not start (logs kept in {}):\n{}{}",
                 kept.display(),
@@ -209,7 +209,15 @@ impl Drop for ControlPlane {
         if std::thread::panicking()
             && let Some(tmp) = self.tmp.take()
         {
-            eprintln!("control plane logs kept in {}", tmp.keep().display());
+            eprintln!("control plane logs kept in {}", keep_logs(tmp).display());
         }
     }
+}
+
+/// Keeps a control plane directory for its logs, dropping the etcd data (tens of MiB of
+/// preallocated WAL that explain nothing).
+fn keep_logs(tmp: tempfile::TempDir) -> PathBuf {
+    let dir = tmp.keep();
+    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+    dir
 }
