@@ -181,8 +181,21 @@ fn control_plane_serves_kube_rs_and_kubectl_and_enforces_policy() {
         "--role=pod-reader",
         "--serviceaccount=rbac:reader",
     ]);
-    let allowed = cp.kubectl(["auth", "can-i", "list", "pods", "-n", "rbac", who]);
-    assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "yes");
+    // The authorizer sees new bindings through its informer, a moment after the write.
+    let start = Instant::now();
+    loop {
+        let allowed = cp.kubectl(["auth", "can-i", "list", "pods", "-n", "rbac", who]);
+        if String::from_utf8_lossy(&allowed.stdout).trim() == "yes" {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the RoleBinding never granted list pods: {}{}",
+            String::from_utf8_lossy(&allowed.stdout),
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let token = cp.kubectl_ok(["create", "token", "reader", "-n", "rbac"]);
     let token = format!("--token={}", token.trim());
     // A kubeconfig user with a token of its own overrides the admin token for these calls.
