@@ -62,11 +62,13 @@ fn every_field_is_described() {
                 walk(&format!("{path}.{k}"), v, missing);
             }
         }
-        if let Some(items) = schema.get("items") {
-            if items.get("properties").is_some() {
-                for (k, v) in items["properties"].as_object().unwrap() {
-                    walk(&format!("{path}[].{k}"), v, missing);
-                }
+        if let Some(props) = schema
+            .get("items")
+            .and_then(|i| i.get("properties"))
+            .and_then(Value::as_object)
+        {
+            for (k, v) in props {
+                walk(&format!("{path}[].{k}"), v, missing);
             }
         }
     }

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -41,6 +41,9 @@ use crate::crd::WsgiApp;
 
 /// Proxy image used when a WsgiApp does not name one.
 pub const DEFAULT_PROXY_IMAGE: &str = concat!("kubewsgi/kubewsgi:", env!("CARGO_PKG_VERSION"));
+
+/// Longest wait for running reconciles at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `kubewsgi controller`.
 #[derive(Args, Debug, Clone)]
@@ -205,12 +208,25 @@ async fn run(args: ControllerArgs) -> Result<()> {
             }
         })
     });
-    let mut stop = stop_rx.clone();
-    let mut lost = lost_rx.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = wait_true(&mut stop) => {}
-            _ = wait_true(&mut lost) => {}
+    let shutdown = {
+        let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());
+        async move {
+            tokio::select! {
+                _ = wait_true(&mut stop) => {}
+                _ = wait_true(&mut lost) => {}
+            }
+        }
+        .boxed()
+        .shared()
+    };
+    // In-flight reconciles get a bounded time to finish; they are idempotent, so cutting one short
+    // only means the next leader redoes it.
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            info!("stopping: waiting for running reconciles");
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
         }
     };
 
@@ -221,7 +237,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
         namespace = ns.unwrap_or("<all>"),
         "starting the WsgiApp controller"
     );
-    Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default())
+    let controller = Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default())
         .owns(api::<Deployment>(&client, ns), managed.clone())
         .owns(api::<Service>(&client, ns), managed.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), managed.clone())
@@ -236,8 +252,11 @@ async fn run(args: ControllerArgs) -> Result<()> {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller stream error");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = controller => {}
+        _ = deadline => warn!("reconciles still running at the shutdown deadline"),
+    }
     info!("controller stopped");
     metrics.leader.set(0);
     if let Some(h) = holder {
