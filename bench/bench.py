@@ -323,8 +323,10 @@ def bench_app(app: App, systems: list[System], cfg: Config, args, results: list[
                     with sampler:
                         w = run_wrk(url, args.duration, args.connections, post)
                 except RuntimeError as e:
-                    r.failed = str(e).splitlines()[0][:300]
-                    print(f"  {s.key}: FAILED: {e}", file=sys.stderr)
+                    exited = [f"{sv.name} exited with {sv.proc.poll()}" for sv in servers if sv.proc.poll() is not None]
+                    r.failed = "; ".join([str(e).splitlines()[0][:200], *exited])
+                    logs = "\n".join(sv.log_tail(40) for sv in servers)
+                    print(f"  {s.key}: FAILED: {r.failed}\n{logs}", file=sys.stderr)
                     continue
                 r.rps.append(w.rps)
                 r.p50_ms.append(w.p50_ms)

@@ -52,25 +52,28 @@ def write_report(out_dir: Path, meta: dict, results: list, apps: list, systems: 
     for app in [a for a in apps if any(r.app == a.key for r in results)]:
         lines += [f"## {app.key}: {titles[app.key]}", ""]
         ref = rows.get((app.key, REFERENCE))
-        ref_rps = _med(ref.rps) if ref else None
+        ref_rps = _med(ref.rps) if ref and not ref.failed else None
+        wrk_ = rows.get((app.key, "kubewsgi-worker"))
+        worker_rps = _med(wrk_.rps) if wrk_ and not wrk_.failed else None
         lines += [
-            "| system | req/s | p50 ms | p99 ms | peak RSS MiB | kubewsgi ÷ this | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| system | req/s | p50 ms | p99 ms | peak RSS MiB | kubewsgi ÷ this | worker ÷ this | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in order:
             r = rows.get((app.key, key))
             if not r:
                 continue
             if r.failed:
-                lines.append(f"| {r.label} | failed: {r.failed} | | | | | |")
+                lines.append(f"| {r.label} | failed: {r.failed} | | | | | | |")
                 continue
             rps = _med(r.rps)
             ratio = f"{ref_rps / rps:.2f}×" if ref_rps and rps else "—"
+            wratio = f"{worker_rps / rps:.2f}×" if worker_rps and rps else "—"
             errs = r.errors + r.non2xx
             lines.append(
                 f"| {r.label} | {_fmt(rps, ',.0f')} | {_fmt(_med(r.p50_ms), '.2f')} | "
-                f"{_fmt(_med(r.p99_ms), '.2f')} | {r.peak_rss / 2**20:.1f} | {ratio} | "
-                f"{errs if errs else 0} |"
+                f"{_fmt(_med(r.p99_ms), '.2f')} | {r.peak_rss / 2**20:.1f} | {ratio} | {wratio} | "
+                f"{errs} |"
             )
         lines.append("")
 
