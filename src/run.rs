@@ -59,7 +59,7 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Runs proxy and worker server until SIGTERM/SIGINT has drained both.
 pub fn main(args: RunArgs) -> Result<()> {
-    proxy::runtime()
+    proxy::runtime(args.proxy.io_threads)
         .map_err(io("starting the runtime"))?
         .block_on(run(args))
 }

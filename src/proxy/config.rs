@@ -54,6 +54,10 @@ pub struct ProxyOpts {
     #[arg(long, env = "KUBEWSGI_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Threads serving client and upstream connections (default: one per CPU core).
+    #[arg(long, env = "KUBEWSGI_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub io_threads: Option<u16>,
+
     /// PEM certificate chain; with `--tls-key`, clients speak TLS (HTTP/2 and HTTP/1.1 by ALPN).
     #[arg(
         long,

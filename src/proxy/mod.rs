@@ -200,13 +200,20 @@ impl Running {
     }
 }
 
-/// A multi-threaded runtime with one worker thread per core.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The proxy's runtime: `threads` worker threads, by default one per core.
+pub fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    let threads = threads.map(usize::from).unwrap_or(cores);
+    if threads == 1 {
+        // One thread: no cross-thread wake-ups at all.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
+        .worker_threads(threads)
         .enable_all()
         .build()
 }
@@ -225,7 +232,7 @@ pub async fn terminated() -> std::io::Result<()> {
 
 /// Runs `kubewsgi proxy` until SIGTERM has drained it.
 pub fn main(args: ProxyArgs) -> Result<()> {
-    runtime()?.block_on(async move {
+    runtime(args.opts.io_threads)?.block_on(async move {
         let running = start(Config {
             opts: args.opts,
             listen: args.listen,
