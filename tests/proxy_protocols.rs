@@ -170,3 +170,37 @@ fn slow_clients_do_not_hold_workers() {
     assert!(metric(&m, "kubewsgi_connections").unwrap() >= 1000.0, "{m}");
     drop(idle);
 }
+
+#[test]
+fn max_connections_holds_extra_clients_in_the_backlog() {
+    let s = Stack::start(1, 4, &["--max-connections", "2"]);
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(b"GET /keep HTTP/1.1\r\nHost: h\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // Both answered and kept open: the limit is reached.
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(c, &mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    // A third client connects (kernel backlog) but is not served while the two stay open.
+    let third = std::thread::spawn({
+        let a = s.addr;
+        move || {
+            raw(
+                a,
+                b"GET /third HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!third.is_finished(), "served past --max-connections");
+    drop(held);
+    assert_eq!(status(&third.join().unwrap()), 200);
+}

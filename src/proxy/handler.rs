@@ -116,6 +116,9 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
         Ok(h) => h,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), req.version()),
     };
+    if req.method() == Method::CONNECT {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported", req.version());
+    }
     if req.extensions().get::<ConflictingFraming>().is_some() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -339,7 +342,7 @@ pub fn error(code: StatusCode, msg: &str, version: Version) -> Response<ProxyBod
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     // The rest of a refused request may still be on the wire: do not read it as a next request.
-    if version < Version::HTTP_2 && matches!(code.as_u16(), 400 | 408 | 413) {
+    if version < Version::HTTP_2 && matches!(code.as_u16(), 400 | 405 | 408 | 413) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
