@@ -30,6 +30,11 @@ impl Operator {
     /// Starts `kubewsgi controller` with the control plane's kubeconfig and `args`, and waits until
     /// its metrics listener is up.
     pub fn start(cp: &ControlPlane, args: &[&str]) -> Operator {
+        Self::start_with_kubeconfig(&cp.kubeconfig, args)
+    }
+
+    /// Starts `kubewsgi controller` with the given kubeconfig (e.g. one impersonating its ServiceAccount).
+    pub fn start_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Operator {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubewsgi"))
             .args([
                 "--log-format",
@@ -39,7 +44,7 @@ impl Operator {
                 "127.0.0.1:0",
             ])
             .args(args)
-            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn,kube_client=warn")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
