@@ -262,11 +262,11 @@ fn upstream_errors_502_504_and_retry() {
 
 #[test]
 fn queue_holds_requests_to_capacity_and_times_out_with_503() {
-    let s = Stack::start(1, 2, &["--queue-timeout", "1.5"]);
+    let s = Stack::start(1, 2, &["--queue-timeout", "1"]);
     let m = s.metrics();
     assert_eq!(metric(&m, "kubewsgi_worker_capacity"), Some(2.0), "{m}");
     assert_eq!(metric(&m, "kubewsgi_worker_max_capacity"), Some(4.0), "{m}");
-    // Five requests of 1 s against 2 slots with a 1.5 s queue timeout: the app never sees more
+    // Five requests of 3 s against 2 slots with a 1 s queue timeout: the app never sees more
     // than 2 at once and at least one waits too long.
     let handles: Vec<_> = (0..5)
         .map(|_| {
@@ -274,7 +274,7 @@ fn queue_holds_requests_to_capacity_and_times_out_with_503() {
             std::thread::spawn(move || {
                 status(&raw(
                     a,
-                    b"GET /q?sleep=1000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                    b"GET /q?sleep=3000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
                 ))
             })
         })

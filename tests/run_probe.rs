@@ -306,3 +306,86 @@ fn bad_app_exits_non_zero_with_the_traceback() {
     assert!(err.contains("worker server exited"), "{err}");
     assert!(!r.stdout().contains("kubewsgi: serving"));
 }
+
+#[test]
+fn tls_h2_with_python_h2_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let r = Run::start(
+        "probe:app",
+        &probe_dir(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        r.stdout().contains(&format!("on https://{}", r.addr)),
+        "{}",
+        r.stdout()
+    );
+    // The h2 package over an ssl socket that offers only h2 by ALPN.
+    let out = python(
+        r#"
+import json, socket, ssl, sys
+import h2.connection, h2.events
+port, cafile = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="localhost")
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+c = h2.connection.H2Connection()
+c.initiate_connection()
+c.send_headers(1, [(":method", "POST"), (":path", "/tls?x=1"), (":scheme", "https"), (":authority", "localhost"), ("content-length", "5")])
+c.send_data(1, b"hello", end_stream=True)
+s.sendall(c.data_to_send())
+status, body, done = None, b"", False
+while not done:
+    data = s.recv(65536)
+    if not data:
+        break
+    for ev in c.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived):
+            status = dict(ev.headers)[b":status"]
+        elif isinstance(ev, h2.events.DataReceived):
+            body += ev.data
+            c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded):
+            done = True
+    s.sendall(c.data_to_send())
+j = json.loads(body)
+print(status.decode(), j["scheme"], j["host"], j["body_len"], j["method"])
+"#,
+        &[&r.addr.port().to_string(), cert.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), "200 https localhost 5 POST");
+}
