@@ -117,7 +117,11 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), req.version()),
     };
     if req.method() == Method::CONNECT {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported", req.version());
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+            req.version(),
+        );
     }
     if req.extensions().get::<ConflictingFraming>().is_some() {
         return error(
