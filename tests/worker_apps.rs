@@ -1,4 +1,6 @@
 //! Real frameworks from PyPI (Flask, Django in the project venv), app spec forms, `--venv` and `--chdir`.
+// These tests start worker processes that embed CPython.
+#![cfg(feature = "python")]
 
 mod common;
 

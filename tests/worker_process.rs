@@ -1,5 +1,7 @@
 //! The worker server's process model with real processes: respawn, timeout, reload, drain,
 //! scaling, recycling, boot failures and the control socket.
+// These tests start worker processes that embed CPython.
+#![cfg(feature = "python")]
 
 mod common;
 
@@ -375,4 +377,35 @@ async fn autoscaling_adds_workers_under_load_and_retires_idle_ones() {
         st["workers"] == 1 && st["target_workers"] == 1
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_replaces_workers_when_python_source_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = |v: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'{v}']\n"
+        )
+    };
+    std::fs::write(dir.path().join("live.py"), src("v1")).unwrap();
+    let s = Server::start(
+        "live:app",
+        &["--chdir", dir.path().to_str().unwrap(), "--reload"],
+    );
+    s.ready(1).await;
+    assert_eq!(s.get("/").await.text(), "v1");
+    std::fs::write(dir.path().join("live.py"), src("v2")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if s.get("/").await.text() == "v2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Non-Python files do not trigger a reload.
+    let before = s.stats().await.unwrap()["restarts"].clone();
+    std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.stats().await.unwrap()["restarts"], before);
 }

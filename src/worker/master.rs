@@ -98,7 +98,10 @@ async fn supervise(
     let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut reload_at: Option<Instant> = None;
-    let exe = std::env::current_exe()?;
+    // /proc/self/exe is the master's own binary even after the file was replaced on disk, so
+    // workers always run the same build as their master; elsewhere fall back to the path.
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    let exe = if proc_exe.exists() { proc_exe } else { std::env::current_exe()? };
     let child_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     tracing::info!(listen = %listener.describe, workers = args.opts.workers, threads = args.opts.threads, app = %args.opts.app, "master started");
     loop {
@@ -211,6 +214,9 @@ fn spawn(
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (lfd, rfd) = (listener.raw(), theirs.as_raw_fd());
     let mut cmd = std::process::Command::new(exe);
+    if let Some(argv0) = std::env::args_os().next() {
+        cmd.arg0(argv0);
+    }
     cmd.args(args).env(CHILD_ENV, id.to_string());
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. Duplicating above
     // fd 10 first keeps one dup2 from overwriting the other's source; dup2 clears close-on-exec.

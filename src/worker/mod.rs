@@ -90,6 +90,9 @@ pub fn main(args: WorkerArgs) -> Result<()> {
             .to_string_lossy()
             .parse()
             .map_err(|_| Error::Config("bad worker id".into()))?;
+        // SAFETY: no other thread exists yet in a freshly started worker process; the app and its
+        // subprocesses must not see the marker (a `kubewsgi worker` they start is a master again).
+        unsafe { std::env::remove_var(protocol::CHILD_ENV) };
         return run_child(id, args);
     }
     let status = master::run(args)?;

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod job;
+pub mod queue;
 pub mod report;
 pub mod server;
 
@@ -35,7 +36,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     }
     let reporter = Reporter::from_inherited_fd();
     let opts = &args.opts;
-    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(1024);
+    let jobs = Arc::new(queue::JobQueue::default());
     let (drain_tx, _) = watch::channel(false);
     let mut allow: Vec<IpAddr> = Vec::new();
     let mut any = false;
@@ -54,7 +55,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         0
     };
     let shared = Arc::new(Shared {
-        jobs: jobs_tx,
+        jobs: jobs.clone(),
         busy: AtomicU32::new(0),
         requests: AtomicU64::new(0),
         max_requests: if opts.max_requests > 0 {
@@ -68,6 +69,9 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         draining: AtomicBool::new(false),
         drain: drain_tx,
         conns: AtomicUsize::new(0),
+        load: AtomicU32::new(0),
+        freed: tokio::sync::Notify::new(),
+        threads: opts.threads,
         conns_gone: tokio::sync::Notify::new(),
         forwarded_allow: allow,
         forwarded_any: any,
@@ -94,7 +98,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
             unsafe { libc::_exit(3) };
         }
     };
-    python::spawn_threads(app, opts.threads, jobs_rx, shared.clone())?;
+    python::spawn_threads(app, opts.threads, jobs, shared.clone())?;
     shared.reporter.send(&Report::Ready {
         threads: opts.threads,
     });

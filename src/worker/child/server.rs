@@ -25,7 +25,7 @@ const PRELOAD_LIMIT: u64 = 64 * 1024;
 
 /// State shared by the HTTP side of one worker process.
 pub struct Shared {
-    pub jobs: crossbeam_channel::Sender<Job>,
+    pub jobs: Arc<super::queue::JobQueue>,
     pub busy: AtomicU32,
     pub requests: AtomicU64,
     pub max_requests: u64,
@@ -35,6 +35,11 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub drain: watch::Sender<bool>,
     pub conns: AtomicUsize,
+    /// Requests in flight plus accepted connections that have not sent one yet.
+    pub load: AtomicU32,
+    /// Signalled when `load` drops.
+    pub freed: Notify,
+    pub threads: u32,
     pub conns_gone: Notify,
     pub forwarded_allow: Vec<IpAddr>,
     pub forwarded_any: bool,
@@ -76,10 +81,13 @@ impl Shared {
 /// Marks a request in flight on its connection until its response body is dropped.
 pub struct ConnGuard {
     conn: Arc<ConnState>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.shared.load.fetch_sub(1, Ordering::AcqRel);
+        self.shared.freed.notify_one();
         self.conn.last_done_ms.store(
             self.conn.epoch.elapsed().as_millis() as u64,
             Ordering::Relaxed,
@@ -89,6 +97,8 @@ impl Drop for ConnGuard {
 }
 
 struct ConnState {
+    /// No request seen yet: the connection still holds the load slot it took when accepted.
+    fresh: AtomicBool,
     inflight: AtomicU32,
     last_done_ms: AtomicU64,
     epoch: Instant,
@@ -99,6 +109,15 @@ struct ConnState {
 pub async fn serve<L: Accept>(listener: L, shared: Arc<Shared>, grace: Duration) {
     let mut drain = shared.drain.subscribe();
     loop {
+        // Accept only while a Python thread is free, so new connections go to a process that can
+        // serve them now instead of queueing behind a busy one (the kernel hands them to another).
+        while shared.load.load(Ordering::Acquire) >= shared.threads && !*drain.borrow() {
+            tokio::select! {
+                _ = shared.freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = drain.changed() => {}
+            }
+        }
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = drain.wait_for(|d| *d) => break,
@@ -111,6 +130,7 @@ pub async fn serve<L: Accept>(listener: L, shared: Arc<Shared>, grace: Duration)
                     ..peer
                 };
                 shared.conns.fetch_add(1, Ordering::SeqCst);
+                shared.load.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(connection(io, peer, shared.clone()));
             }
             Err(e) => {
@@ -178,6 +198,7 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     shared: Arc<Shared>,
 ) {
     let state = Arc::new(ConnState {
+        fresh: AtomicBool::new(true),
         inflight: AtomicU32::new(0),
         last_done_ms: AtomicU64::new(0),
         epoch: Instant::now(),
@@ -214,6 +235,10 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         }
     }
+    if state.fresh.swap(false, Ordering::AcqRel) {
+        shared.load.fetch_sub(1, Ordering::AcqRel);
+        shared.freed.notify_one();
+    }
     if shared.conns.fetch_sub(1, Ordering::SeqCst) == 1 {
         shared.conns_gone.notify_waiters();
     }
@@ -237,7 +262,14 @@ async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<RespBody>, Infallible> {
     conn.inflight.fetch_add(1, Ordering::AcqRel);
-    let guard = ConnGuard { conn: conn.clone() };
+    // The first request takes over the slot its connection took at accept time.
+    if !conn.fresh.swap(false, Ordering::AcqRel) {
+        shared.load.fetch_add(1, Ordering::AcqRel);
+    }
+    let guard = ConnGuard {
+        conn: conn.clone(),
+        shared: shared.clone(),
+    };
     let (parts, body) = req.into_parts();
     let input = match read_input(body, &parts.headers).await {
         Ok(i) => i,
@@ -261,13 +293,7 @@ async fn handle(
         reply: tx,
         picked_at: picked_at.clone(),
     };
-    if shared.jobs.send(job).is_err() {
-        return Ok(plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "worker shutting down\n",
-            Some(guard),
-        ));
-    }
+    shared.jobs.push(job);
     let reply = match wait_reply(rx, &picked_at, &shared).await {
         Waited::Reply(r) => r,
         Waited::Lost => {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, TryRecvError};
 use http::Method;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -19,6 +18,7 @@ use super::interp::traceback;
 use super::response::StartResponse;
 use super::streams::FileWrapper;
 use crate::worker::child::job::{Input as Source, Job};
+use crate::worker::child::queue::JobQueue;
 use crate::worker::child::server::Shared;
 
 /// The loaded app and the per-process environ constants.
@@ -28,18 +28,14 @@ pub struct App {
 }
 
 /// One Python thread's loop.
-pub fn thread_main(app: Arc<App>, jobs: Receiver<Job>, shared: Arc<Shared>) {
+pub fn thread_main(app: Arc<App>, jobs: Arc<JobQueue>, shared: Arc<Shared>) {
     Python::attach(|py| {
         let mut env = EnvBuilder::new();
         loop {
             // Take queued work without giving up the GIL; wait detached when there is none.
-            let job = match jobs.try_recv() {
-                Ok(j) => j,
-                Err(TryRecvError::Empty) => match py.detach(|| jobs.recv()) {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-                Err(TryRecvError::Disconnected) => return,
+            let job = match jobs.try_pop() {
+                Some(j) => j,
+                None => py.detach(|| jobs.pop()),
             };
             if job.reply.is_closed() {
                 continue; // the client left (or got 504) while the request waited

@@ -17,7 +17,6 @@ use pyo3::prelude::*;
 
 use self::app::App;
 use self::environ::Consts;
-use super::child::job::Job;
 use super::child::server::Shared;
 use super::{Result, WorkerOpts};
 
@@ -47,7 +46,7 @@ pub fn boot(opts: &WorkerOpts, multiprocess: bool) -> Result<Arc<App>, String> {
 pub fn spawn_threads(
     app: Arc<App>,
     n: u32,
-    jobs: crossbeam_channel::Receiver<Job>,
+    jobs: Arc<super::child::queue::JobQueue>,
     shared: Arc<Shared>,
 ) -> Result<()> {
     for i in 0..n {
@@ -59,16 +58,23 @@ pub fn spawn_threads(
     Ok(())
 }
 
-/// Flushes Python's stdout/stderr before the process exits without finalising the interpreter.
+/// Flushes Python's stdout/stderr before the process exits without finalising the interpreter;
+/// gives up after a second, because a stuck app thread may never release the GIL.
 pub fn flush_stdio() {
-    if Python::try_attach(|_| ()).is_none() {
-        return;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kubewsgi-flush".into())
+        .spawn(move || {
+            Python::try_attach(|py| {
+                if let Ok(sys) = py.import("sys") {
+                    for s in ["stdout", "stderr"] {
+                        let _ = sys.getattr(s).and_then(|f| f.call_method0("flush"));
+                    }
+                }
+            });
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(1));
     }
-    Python::attach(|py| {
-        if let Ok(sys) = py.import("sys") {
-            for s in ["stdout", "stderr"] {
-                let _ = sys.getattr(s).and_then(|f| f.call_method0("flush"));
-            }
-        }
-    });
 }
