@@ -65,7 +65,9 @@ impl ControlPlane {
         let dir = tmp.path().to_path_buf();
         // The owner pid stops the control plane even if this test process is killed before
         // its drop runs.
+        // The node agent of `--full` runs the kubewsgi image as the binary this test build made.
         let out = Command::new(script())
+            .env("KUBEWSGI_BINARY", kubewsgi_binary())
             .arg("up")
             .args(flags)
             .arg("--owner-pid")
@@ -220,4 +222,137 @@ fn keep_logs(tmp: tempfile::TempDir) -> PathBuf {
     let dir = tmp.keep();
     let _ = std::fs::remove_dir_all(dir.join("etcd"));
     dir
+}
+
+/// The kubewsgi binary cargo built for these tests; the node agent runs it for the kubewsgi image.
+pub fn kubewsgi_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kubewsgi"))
+}
+
+impl ControlPlane {
+    /// Maps image references to app directories for the node agent (`DIR/images.yaml`); it reads
+    /// the file whenever a container starts.
+    pub fn write_images(&self, images: &[(&str, &Path)]) {
+        let map: std::collections::BTreeMap<&str, String> = images
+            .iter()
+            .map(|(image, dir)| (*image, dir.display().to_string()))
+            .collect();
+        let text = serde_yaml::to_string(&map).expect("images map as YAML");
+        std::fs::write(self.dir.join("images.yaml"), text).expect("write images.yaml");
+    }
+
+    /// The node agent's log (`--full` only).
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nodeagent.log")).unwrap_or_default()
+    }
+
+    /// Output and termination log of one container of a pod run by the node agent.
+    pub fn container_log(&self, pod: &str, container: &str) -> String {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("nodeagent")) else {
+            return String::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.split('_').nth(1) == Some(pod)
+            })
+            .map(|e| {
+                std::fs::read_to_string(e.path().join(format!("containers/{container}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+/// A response from a pod, read whole.
+pub struct PodResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl PodResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `GET path` on a pod address (`IP:PORT`) over a fresh HTTP/1.1 connection (hyper), bounded by
+/// `timeout`; errors come back as text for assertion messages.
+pub async fn pod_get(
+    addr: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<PodResponse, String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", addr)
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {addr}{path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body of {addr}{path}: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok(PodResponse {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("GET {addr}{path}: no answer in {timeout:?}")))
+}
+
+/// Processes whose environment holds `KEY=VALUE` (e.g. `HOSTNAME=<pod>`, which the node agent sets
+/// in every container of a pod).
+pub fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Names of the network namespaces on this machine (`ip netns list`).
+pub fn netns_names() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("run ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
 }
