@@ -401,6 +401,7 @@ def main() -> int:
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "build": args.build,
+        "kubewsgi_binary": os.path.relpath(cfg.kubewsgi, ROOT) if cfg.kubewsgi.is_relative_to(ROOT) else str(cfg.kubewsgi),
         "versions": _versions(cfg),
         "workers": args.workers,
         "threads": args.threads,

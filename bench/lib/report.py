@@ -37,8 +37,8 @@ def write_report(out_dir: Path, meta: dict, results: list, apps: list, systems: 
         f"- Machine: {meta['cpus']} × {meta['cpu_model']}, Linux {meta['kernel']}; load average "
         f"{meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after "
         "(anything above ~0.3 before means other work shared the cores).",
-        f"- Code: commit `{meta['commit']}`{' + uncommitted changes' if meta['dirty'] else ''}, "
-        f"kubewsgi built with the `{meta['build']}` profile.",
+        f"- Code: commit `{meta['commit']}`{' + uncommitted changes' if meta['dirty'] else ''}; "
+        f"kubewsgi binary `{meta.get('kubewsgi_binary', '?')}` ({meta['build']} profile).",
         f"- Client: `wrk -t1 -c{meta['connections']}` on loopback, {meta['reps']} × {meta['duration']:g} s "
         f"per system and app after {meta['warmup']:g} s of warm-up; systems run side by side and are "
         "loaded in rotating order (A B C …, B C … A, …). Medians of the runs; p50/p99 are wrk's, "
