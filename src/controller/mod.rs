@@ -2,11 +2,12 @@
 //!
 //! - [`reconcile`]: one reconcile (server-side apply, status, events) and the error backoff.
 //! - [`pod`], [`objects`], [`labels`]: the objects a WsgiApp becomes.
-//! - [`scale`]: who owns the replicas (spec, builtin autoscaler, HPA).
+//! - [`scale`]: who owns the replicas (spec, builtin autoscaler, HPA); [`autoscale`]: the builtin autoscaler loop.
 //! - [`status`]: conditions from the Deployment and the pods.
 //! - [`leader`]: leader election on a Lease.
 //! - [`http`], [`metrics`]: the operator's `/metrics`, `/healthz`, `/readyz`.
 
+pub mod autoscale;
 pub mod http;
 pub mod labels;
 pub mod leader;
@@ -99,6 +100,9 @@ pub enum Error {
     /// The metrics listener or the runtime failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The autoscaling policy or a metrics scrape failed.
+    #[error("autoscaler: {0}")]
+    Autoscaler(#[from] crate::autoscaler::Error),
     /// Another replica took the leader Lease.
     #[error("lost the leader lease")]
     LeaseLost,
@@ -246,7 +250,14 @@ async fn run(args: ControllerArgs) -> Result<()> {
             let app = pod.labels().get(labels::APP)?;
             Some(ObjectRef::<WsgiApp>::new(app).within(&pod.namespace()?))
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone());
+    let autoscaler = tokio::spawn(autoscale::run(
+        client.clone(),
+        controller.store(),
+        ctx.recorder.clone(),
+        shutdown,
+    ));
+    let controller = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -257,6 +268,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
         _ = controller => {}
         _ = deadline => warn!("reconciles still running at the shutdown deadline"),
     }
+    autoscaler.abort();
     info!("controller stopped");
     metrics.leader.set(0);
     if let Some(h) = holder {
