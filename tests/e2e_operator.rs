@@ -448,3 +448,53 @@ fn spec_change_rolls_pods_with_no_failed_request_under_load() {
         assert!(ok >= 50, "only {ok} requests were sent during the rollout");
     });
 }
+
+#[test]
+fn a_crashing_app_restarts_with_its_traceback_in_the_pod_status() {
+    let (cp, _operator) = cluster();
+    apply(
+        &cp,
+        "broken",
+        r#"
+apiVersion: kubewsgi.io/v1alpha1
+kind: WsgiApp
+metadata: {name: broken, namespace: default}
+spec:
+  image: example/flask:1
+  app: "no_such_module:app"
+  replicas: 1
+"#,
+    );
+    runtime().block_on(async {
+        let client = cp.kube_client().await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let lp = ListParams::default().labels("kubewsgi.io/app=broken");
+        // The worker writes the import error to /dev/termination-log, which the node agent maps
+        // to a file per container; the restart moves it to lastState.
+        let (pod, message) = wait(
+            &cp,
+            "a restarted app container with its traceback",
+            TIMEOUT,
+            || async {
+                let list = pods.list(&lp).await.ok()?.items;
+                list.iter().find_map(|p| {
+                    let st = p.status.as_ref()?;
+                    let app = st
+                        .container_statuses
+                        .iter()
+                        .flatten()
+                        .find(|c| c.name == "app")?;
+                    let last = app.last_state.as_ref()?.terminated.as_ref()?;
+                    (app.restart_count >= 1 && last.exit_code != 0)
+                        .then(|| (p.clone(), last.message.clone().unwrap_or_default()))
+                })
+            },
+        )
+        .await;
+        assert!(
+            message.contains("no_such_module"),
+            "termination message: {message:?}"
+        );
+        assert!(!is_ready(&pod), "a pod whose app cannot start is not Ready");
+    });
+}
