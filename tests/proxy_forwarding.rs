@@ -119,12 +119,14 @@ fn limits_answer_413_431_and_400() {
     }
     req.extend_from_slice(b"0\r\n\r\n");
     assert_eq!(status(&raw(s.addr, &req)), 413);
-    // 431 for a 20 KiB header.
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(20 * 1024)
-    );
-    assert_eq!(status(&raw(s.addr, big.as_bytes())), 431);
+    // 431 for heads just over the limit (8 KiB) and far over it; just under is fine.
+    for (len, code) in [(8 * 1024 + 1, 431), (20 * 1024, 431), (7 * 1024, 200)] {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(len)
+        );
+        assert_eq!(status(&raw(s.addr, big.as_bytes())), code, "{len}");
+    }
     // 400 for the Host rules and broken framing.
     for bad in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
@@ -152,7 +154,7 @@ fn limits_answer_413_431_and_400() {
     }
     assert_eq!(
         s.app.state.requests.load(Ordering::SeqCst),
-        before,
+        before + 1,
         "no refused request reached the app"
     );
 }
@@ -428,4 +430,33 @@ fn bad_config_is_refused_before_binding() {
             "port stayed free for {bad:?}"
         );
     }
+}
+
+#[test]
+fn refused_bodies_do_not_reset_the_answer() {
+    // The client is still sending when the 413 is written; the proxy reads and discards the rest
+    // (lingering close) so the client reads the 413 instead of a connection reset.
+    let s = Stack::start(1, 4, &["--max-body-size", "1k"]);
+    let code = r#"
+import http.client, sys
+for i in range(5):
+    c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
+    c.request("POST", "/big", body=b"z" * (4 << 20))
+    r = c.getresponse()
+    assert r.status == 413, r.status
+    r.read()
+    c.close()
+print("ok")
+"#;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let out = std::process::Command::new(python)
+        .args(["-c", code, &s.addr.port().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

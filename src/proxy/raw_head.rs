@@ -18,6 +18,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Longest lingering close, and longest silence during it (nginx's defaults are 30 s and 5 s).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bytes of a head kept for inspection; hyper refuses longer heads with 431 anyway.
 const HEAD_CAPTURE: usize = 64 * 1024;
 
@@ -100,14 +104,37 @@ pub fn duplicate(s: &TcpStream) -> io::Result<std::net::TcpStream> {
 }
 
 /// Writes a 408 on a (non-blocking) socket; best effort, never blocks.
-pub fn send_408(mut s: std::net::TcpStream) {
+pub fn send_408(mut s: &std::net::TcpStream) {
     const BODY: &str = "408 Request Timeout: request head not received in time\n";
     let resp = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
     let _ = s.write_all(resp.as_bytes());
+}
+
+/// Closes like nginx's lingering close: FIN first, then read and discard what the client still
+/// sends (a refused body) for a few seconds, so the kernel does not answer it with a reset that
+/// could destroy the response before the client has read it.
+pub async fn linger(s: std::net::TcpStream) {
     let _ = s.shutdown(std::net::Shutdown::Write);
+    let Ok(s) = tokio::net::TcpStream::from_std(s) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let until = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(until, s.readable()).await {
+            Ok(Ok(())) => match s.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            },
+            _ => return,
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {

@@ -31,13 +31,13 @@ struct Builders {
 impl Builders {
     fn new(opts: &ProxyOpts) -> Self {
         let mut h1 = http1::Builder::new();
-        // hyper answers 431 itself when the head outgrows its read buffer (8 KiB at least).
-        let head_limit = usize::try_from(opts.max_header_size)
-            .unwrap_or(usize::MAX)
-            .max(8192);
+        // hyper answers 431 itself for a head over `max_header_size`; its read buffer must hold
+        // such a head whole (and is at least 8 KiB).
+        let head_limit = usize::try_from(opts.max_header_size).unwrap_or(usize::MAX);
         h1.timer(TokioTimer::new())
             .header_read_timeout(opts.client_timeout)
-            .max_buf_size(head_limit)
+            .max_header_size(head_limit)
+            .max_buf_size(head_limit.saturating_add(8192).max(8192))
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -150,18 +150,20 @@ async fn plain(b: &Builders, stream: TcpStream, shared: Arc<Shared>, peer: Peer,
         Detected::Nothing => {}
         Detected::Stalled => {
             if let Ok(s) = stream.into_std() {
-                raw_head::send_408(s);
+                raw_head::send_408(&s);
+                raw_head::linger(s).await;
             }
         }
         Detected::H2 => h2(b, stream, shared, peer, watcher).await,
         Detected::H1 => {
             let dup = raw_head::duplicate(&stream);
             let (io, progress) = Watched::new(stream);
-            if h1(b, io, shared, peer, watcher, progress.clone()).await
-                && progress.mid_request()
-                && let Ok(dup) = dup
-            {
-                raw_head::send_408(dup);
+            let head_timeout = h1(b, io, shared, peer, watcher, progress.clone()).await;
+            if let Ok(dup) = dup {
+                if head_timeout && progress.mid_request() {
+                    raw_head::send_408(&dup);
+                }
+                raw_head::linger(dup).await;
             }
         }
     }
