@@ -74,7 +74,6 @@ func (c *container) start(ctx context.Context) error {
 	if err := os.WriteFile(term, nil, 0o666); err != nil {
 		return err
 	}
-	spec.TerminationLog = term
 	specPath := filepath.Join(filepath.Dir(logPath), c.spec.Name+".json")
 	if err := writeJSON(specPath, spec); err != nil {
 		return err

@@ -112,7 +112,8 @@ func (w *podWorker) sandboxSpec(ctx context.Context, c *container) (*sandboxSpec
 	if argv[0] == "" {
 		return nil, &startError{"CreateContainerError", fmt.Errorf("no kubewsgi binary configured (--kubewsgi-binary or KUBEWSGI_BINARY)")}
 	}
-	s := &sandboxSpec{Argv: argv, Env: env, Dir: c.spec.WorkingDir, TerminationAt: c.spec.TerminationMessagePath}
+	_, term := c.files()
+	s := &sandboxSpec{Argv: argv, Env: env, Dir: c.spec.WorkingDir, TerminationLog: term, TerminationAt: c.spec.TerminationMessagePath}
 	if app != nil {
 		if s.Dir == "" {
 			s.Dir = app.Dir
