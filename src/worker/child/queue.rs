@@ -2,9 +2,11 @@
 //!
 //! A mutex and a condition variable rather than a channel library: idle Python threads must sleep
 //! (not spin and yield, which on a small machine steals CPU from the threads doing the work), and
-//! the producer only pays for a wake-up when a thread is actually waiting.
+//! the producer only pays for a wake-up when a thread is actually waiting. Threads do not spin before
+//! sleeping: measured on two cores, spinning cost more CPU than the wake-ups it saved.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::job::Job;
@@ -18,6 +20,7 @@ struct State {
 pub struct JobQueue {
     state: Mutex<State>,
     ready: Condvar,
+    queued: AtomicUsize,
 }
 
 impl Default for JobQueue {
@@ -28,6 +31,7 @@ impl Default for JobQueue {
                 waiting: 0,
             }),
             ready: Condvar::new(),
+            queued: AtomicUsize::new(0),
         }
     }
 }
@@ -40,6 +44,8 @@ impl JobQueue {
     pub fn push(&self, job: Job) {
         let mut s = self.lock();
         s.jobs.push_back(job);
+        let queued = s.jobs.len();
+        self.queued.store(queued, Ordering::Release);
         let wake = s.waiting > 0;
         drop(s);
         if wake {
@@ -49,7 +55,13 @@ impl JobQueue {
 
     /// A queued job, without waiting.
     pub fn try_pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut s = self.lock();
+        let j = s.jobs.pop_front();
+        self.queued.store(s.jobs.len(), Ordering::Release);
+        j
     }
 
     /// The next job, sleeping until one arrives.
@@ -57,6 +69,7 @@ impl JobQueue {
         let mut s = self.lock();
         loop {
             if let Some(j) = s.jobs.pop_front() {
+                self.queued.store(s.jobs.len(), Ordering::Release);
                 return j;
             }
             s.waiting += 1;
@@ -67,7 +80,7 @@ impl JobQueue {
 
     /// Requests waiting for a thread.
     pub fn len(&self) -> usize {
-        self.lock().jobs.len()
+        self.queued.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
