@@ -501,7 +501,15 @@ async fn operator_reconciles_wsgiapps() {
     })
     .await;
 
-    // --- builtin mode: the HPA goes and the operator stops applying the Deployment's replicas
+    // The HPA scales through the scale subresource, like kubectl scale.
+    cp.kubectl_ok(["scale", "-n", NS, "wsgiapp/shop", "--replicas=3"]);
+    eventually("3 Deployment replicas in hpa mode", || async {
+        (deps.get("shop").await.unwrap().spec?.replicas == Some(3)).then_some(())
+    })
+    .await;
+
+    // --- builtin mode: the HPA goes; the autoscaler takes the replicas over at their current
+    // count, and the operator stops applying them
     let patch = json!({"spec": {"autoscaling": {"mode": "builtin"}}});
     apps.patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -510,6 +518,21 @@ async fn operator_reconciles_wsgiapps() {
         hpas.get_opt("shop").await.unwrap().is_none().then_some(())
     })
     .await;
+    let dep = eventually("the operator to stop owning the replicas", || async {
+        let d = deps.get("shop").await.unwrap();
+        (!kubewsgi::controller::scale::owns_replicas(&d, "kubewsgi")).then_some(d)
+    })
+    .await;
+    assert!(
+        kubewsgi::controller::scale::owns_replicas(&dep, "kubewsgi-autoscaler"),
+        "{:?}",
+        dep.metadata.managed_fields
+    );
+    assert_eq!(
+        dep.spec.unwrap().replicas,
+        Some(3),
+        "switching to the builtin autoscaler reset the replicas"
+    );
     let autoscaler = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop"}, "spec": {"replicas": 4}});
     eventually(
         "the autoscaler's replicas to be accepted without conflict",

@@ -99,13 +99,12 @@ async fn reconcile_inner(app: &WsgiApp, ctx: &Context) -> Result<Action> {
     let name = app.name_any();
     let client = &ctx.client;
 
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    if scale::builtin_owns_replicas(app) {
+        scale::hand_over_replicas(&deployments, app).await?;
+    }
     let deployment = objects::deployment(app, &ctx.proxy_image);
-    let (deployment, what) = apply(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        &name,
-        &deployment,
-    )
-    .await?;
+    let (deployment, what) = apply(&deployments, &name, &deployment).await?;
     note(ctx, app, "Deployment", what).await;
     let (_, what) = apply(
         &Api::<Service>::namespaced(client.clone(), &ns),

@@ -6,6 +6,7 @@
 //! With mode `hpa`, an HPA scales the WsgiApp's scale subresource (`spec.replicas`), which the
 //! controller copies to the Deployment like a manual `kubectl scale`.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
@@ -13,8 +14,9 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 
-use super::objects;
+use super::{Result, objects};
 use crate::crd::{AutoscalingMode, WsgiApp};
 
 /// Field manager of the builtin autoscaler's writes to a Deployment's `spec.replicas`.
@@ -87,6 +89,47 @@ pub fn hpa(app: &WsgiApp) -> Option<HorizontalPodAutoscaler> {
             }),
         },
         ..Default::default()
+    })
+}
+
+/// Before the controller stops applying `replicas` (autoscaling switched to builtin), the
+/// autoscaler's field manager takes them over at the current count clamped to min..max; otherwise
+/// dropping the controller's ownership would reset the Deployment to one pod.
+pub async fn hand_over_replicas(api: &Api<Deployment>, app: &WsgiApp) -> Result<()> {
+    let Some(dep) = api.get_opt(&app.name_any()).await? else {
+        return Ok(());
+    };
+    if owns_replicas(&dep, AUTOSCALER_FIELD_MANAGER) {
+        return Ok(());
+    }
+    let a = &app.spec.autoscaling;
+    let current = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = current.clamp(a.min_replicas, a.max_replicas.max(a.min_replicas));
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": app.name_any()}, "spec": {"replicas": replicas}
+    });
+    api.patch(
+        &app.name_any(),
+        &PatchParams::apply(AUTOSCALER_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    tracing::info!(
+        replicas,
+        "the autoscaler took over the Deployment's replicas"
+    );
+    Ok(())
+}
+
+/// Whether `manager` owns `spec.replicas` of the Deployment, according to its managedFields.
+pub fn owns_replicas(dep: &Deployment, manager: &str) -> bool {
+    dep.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:spec")
+                    .and_then(|s| s.get("f:replicas"))
+                    .is_some()
+            })
     })
 }
 
