@@ -151,14 +151,26 @@ fn spawn_worker(opts: &WorkerOpts, app_sock: &Path, control_sock: &Path) -> Resu
     // Locally a broken import should end `run` at once with the traceback, not be retried.
     let mut opts = opts.clone();
     opts.max_boot_failures = 1;
-    Command::new(exe)
-        .arg("worker")
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
         .args(opts.to_args())
         .arg("--socket")
         .arg(app_sock)
         .arg("--control-socket")
         .arg(control_sock)
         .kill_on_drop(true)
-        .spawn()
-        .map_err(io("starting the worker server"))
+        // Its own process group: a terminal's Ctrl-C reaches `run` only, which drains the proxy
+        // before stopping the worker server.
+        .process_group(0);
+    // SAFETY: prctl(2) is async-signal-safe; it only asks the kernel to SIGTERM the child
+    // should this process die without stopping it (e.g. SIGKILL).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(io("starting the worker server"))
 }

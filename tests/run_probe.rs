@@ -389,3 +389,25 @@ print(status.decode(), j["scheme"], j["host"], j["body_len"], j["method"])
     );
     assert_eq!(out.trim(), "200 https localhost 5 POST");
 }
+
+#[test]
+fn ctrl_c_drains_and_a_killed_run_takes_the_workers_along() {
+    // SIGINT (a terminal's Ctrl-C) is a clean shutdown, not a worker failure.
+    let mut r = Run::start("probe:app", &probe_dir(), &[]);
+    assert_eq!(status(&r.get("/before")), 200);
+    r.signal_group(libc::SIGINT);
+    let st = r
+        .wait_exit(Duration::from_secs(60))
+        .expect("exits on SIGINT");
+    assert!(st.success(), "{st}: {}", r.stderr());
+    // SIGKILL leaves no time to clean up; the worker processes still go.
+    let r = Run::start("probe:app", &probe_dir(), &[]);
+    let pid = json(&r.get("/pid"))["pid"].as_u64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    r.signal(libc::SIGKILL);
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < end, "worker {pid} outlived a killed run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

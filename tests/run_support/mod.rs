@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ impl Run {
             .args(["--bind", &addr.to_string(), "--admin", &admin.to_string()])
             .args(extra)
             .env("VIRTUAL_ENV", venv())
+            // Its own process group, like a shell job, so a terminal's Ctrl-C can be imitated.
+            .process_group(0)
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
             .stdout(Stdio::piped())
@@ -124,6 +127,12 @@ impl Run {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Signals the whole process group, as a terminal does on Ctrl-C.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on the process group we created for the child.
+        unsafe { libc::kill(-(self.child.id() as i32), sig) };
     }
 
     /// Waits up to `limit` for exit.
