@@ -16,10 +16,10 @@ import (
 
 const (
 	// podRange is the only range pod addresses come from; several agents (parallel tests) split it
-	// into slots of 64 addresses, each with its own bridge.
+	// into slots of 32 addresses, each with its own bridge.
 	podRange  = "10.244.0.0/24"
-	slotCount = 4
-	slotSize  = 64
+	slotCount = 8
+	slotSize  = 32
 	lockDir   = "/run/kubewsgi-nodeagent"
 )
 
@@ -56,7 +56,7 @@ func claimNetwork() (*network, error) {
 		n := &network{
 			slot:    slot,
 			bridge:  fmt.Sprintf("kubewsgi%d", slot),
-			subnet:  &net.IPNet{IP: ip, Mask: net.CIDRMask(26, 32)},
+			subnet:  &net.IPNet{IP: ip, Mask: net.CIDRMask(27, 32)},
 			gateway: net.IPv4(ip[0], ip[1], ip[2], ip[3]+1).To4(),
 			lock:    f,
 			used:    map[string]bool{},
