@@ -289,34 +289,61 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts app (capacity workers × threads) and proxy with extra proxy flags.
+    /// Starts app (capacity workers × threads) and proxy with extra proxy flags. A port taken
+    /// between choosing and binding it means another try on new ports.
     pub fn start(workers: u64, threads: u64, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let app = App::start(dir.path(), workers, threads);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--admin".into(),
-            admin.to_string(),
-            "--upstream".into(),
-            format!("unix:{}", dir.path().join("app.sock").display()),
-            "--control-socket".into(),
-            dir.path().join("control.sock").display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let proxy = Proc::spawn(&args);
-        let s = Self {
-            dir,
-            app,
-            proxy,
-            addr,
-            admin,
-        };
-        s.wait_ready();
-        s
+        let mut attempt = 0;
+        loop {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut args: Vec<String> = vec![
+                "proxy".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--admin".into(),
+                admin.to_string(),
+                "--upstream".into(),
+                format!("unix:{}", dir.path().join("app.sock").display()),
+                "--control-socket".into(),
+                dir.path().join("control.sock").display().to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut proxy = Proc::spawn(&args);
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end {
+                if let Ok(r) = try_raw(
+                    admin,
+                    b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                    Duration::from_secs(2),
+                ) && r.starts_with("HTTP/1.1 200")
+                {
+                    return Self {
+                        dir,
+                        app,
+                        proxy,
+                        addr,
+                        admin,
+                    };
+                }
+                if let Ok(Some(st)) = proxy.child.try_wait() {
+                    let err = proxy.stderr();
+                    assert!(
+                        attempt < 3 && err.contains("cannot listen"),
+                        "proxy exited ({st}):\n{err}"
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                proxy.child.try_wait().ok().flatten().is_some(),
+                "proxy not ready:\n{}",
+                proxy.stderr()
+            );
+            attempt += 1;
+        }
     }
 
     /// Waits until `/readyz` answers 200.

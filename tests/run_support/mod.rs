@@ -93,27 +93,36 @@ impl Run {
         }
     }
 
-    /// Starts and waits for the "serving" line.
+    /// Starts and waits for the "serving" line. A port taken between choosing and binding it
+    /// (another test's outgoing connection) means another try on new ports.
     pub fn start(app: &str, chdir: &Path, extra: &[&str]) -> Self {
-        let mut r = Self::spawn(app, chdir, extra);
-        let end = Instant::now() + Duration::from_secs(120);
-        while !r.stdout().contains("kubewsgi: serving") {
-            if let Ok(Some(st)) = r.child.try_wait() {
-                panic!(
-                    "kubewsgi run exited early ({st}):\n{}\n{}",
+        for attempt in 0..4 {
+            let mut r = Self::spawn(app, chdir, extra);
+            let end = Instant::now() + Duration::from_secs(120);
+            loop {
+                if r.stdout().contains("kubewsgi: serving") {
+                    return r;
+                }
+                if let Ok(Some(st)) = r.child.try_wait() {
+                    if attempt < 3 && r.stderr().contains("cannot listen") {
+                        break;
+                    }
+                    panic!(
+                        "kubewsgi run exited early ({st}):\n{}\n{}",
+                        r.stdout(),
+                        r.stderr()
+                    );
+                }
+                assert!(
+                    Instant::now() < end,
+                    "no serving line:\n{}\n{}",
                     r.stdout(),
                     r.stderr()
                 );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(
-                Instant::now() < end,
-                "no serving line:\n{}\n{}",
-                r.stdout(),
-                r.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        r
+        unreachable!("the last attempt returns or panics")
     }
 
     pub fn stdout(&self) -> String {
