@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use controller_support::{Operator, eventually, install_crd, namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubewsgi::crd::WsgiApp;
 use serde_json::json;
 use support_cp::ControlPlane;
@@ -176,6 +177,25 @@ async fn builtin_autoscaler_follows_the_queue() {
     assert!(
         st.desired_replicas.unwrap() > 1 && st.last_scale_time.is_some(),
         "{st:?}"
+    );
+
+    let events = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let scaled_up = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("ScaledUp"))
+        .expect("a ScaledUp event");
+    assert!(
+        scaled_up
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("1 → "),
+        "{:?}",
+        scaled_up.note
     );
 
     // Demand ends: back to minReplicas after the stable window.

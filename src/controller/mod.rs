@@ -50,7 +50,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
     /// Address of the controller's `/metrics`, `/healthz` and `/readyz`.
-    #[arg(long, env = "KUBEWSGI_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "KUBEWSGI_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     pub metrics_addr: SocketAddr,
 
     /// Watch only this namespace (default: all).
