@@ -409,3 +409,53 @@ async fn reload_replaces_workers_when_python_source_changes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.stats().await.unwrap()["restarts"], before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_behind_a_stuck_thread_are_answered_too() {
+    let s = start(&["--workers", "1", "--threads", "1", "--timeout", "2"]);
+    let old = pids(&s.ready(1).await);
+    // A keep-alive connection the worker already serves.
+    let mut c2 = Conn::open(&s.target).await.unwrap();
+    assert_eq!(
+        c2.send("GET", "/pid", &[], Bytes::new())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let mut c1 = Conn::open(&s.target).await.unwrap();
+    let stuck = tokio::spawn(async move { c1.send("GET", "/sleep?s=60", &[], Bytes::new()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Queued behind the stuck request inside the same worker.
+    let queued = tokio::spawn(async move { c2.send("GET", "/pid", &[], Bytes::new()).await });
+    // A new connection: the busy worker does not accept it, so its replacement serves it.
+    let t = s.target.clone();
+    let fresh = tokio::spawn(async move { request(&t, "GET", "/pid", &[], Bytes::new()).await });
+    let a = tokio::time::timeout(Duration::from_secs(30), stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, 504);
+    let b = tokio::time::timeout(Duration::from_secs(30), queued)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b.map(|r| r.status).unwrap_or(0),
+        504,
+        "the queued request is not left hanging"
+    );
+    let c = tokio::time::timeout(Duration::from_secs(60), fresh)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status, 200);
+    assert!(
+        !old.contains(&c.text().parse::<i64>().unwrap()),
+        "served by the replacement"
+    );
+    s.wait_stats("replacement", |st| st["workers"] == 1 && pids(st) != old)
+        .await;
+}

@@ -118,9 +118,11 @@ pub async fn serve<L: Accept>(listener: L, shared: Arc<Shared>, grace: Duration)
                 _ = drain.changed() => {}
             }
         }
+        // Biased: once draining, a connection waiting in the backlog is left to the other workers.
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            biased;
             _ = drain.wait_for(|d| *d) => break,
+            a = listener.accept() => a,
         };
         // A connection accepted just as the drain began is still served; its response says `Connection: close`.
         match accepted {
@@ -346,6 +348,11 @@ async fn wait_reply(
             Err(_) => {
                 let picked = picked_at.load(Ordering::Acquire);
                 if picked == 0 {
+                    // Still queued a whole timeout later while this worker drains: its threads
+                    // are stuck, and the request would only be cut when the process exits.
+                    if shared.draining.load(Ordering::Acquire) {
+                        return Waited::TimedOut;
+                    }
                     wait = shared.timeout;
                     continue;
                 }
