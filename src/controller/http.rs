@@ -26,8 +26,14 @@ pub struct Health {
 /// Serves the endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let health = health.clone();
         tokio::spawn(async move {
