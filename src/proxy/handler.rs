@@ -156,9 +156,8 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
             parts.version,
         );
     }
-    let framed = declared.is_some()
-        || parts.headers.contains_key(header::TRANSFER_ENCODING)
-        || parts.version >= Version::HTTP_2;
+    // Whether the client announced a body; the app then sees a Content-Length even for an empty one.
+    let framed = declared.is_some() || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let collected = tokio::time::timeout(
         opts.client_timeout,
         buffer::collect(
