@@ -55,7 +55,7 @@ impl App {
         app
     }
 
-    /// (Re)starts the app server socket, e.g. after [`App::stop_app`].
+    /// (Re)starts the app server on `path`, e.g. after a test removed its socket.
     pub fn serve_app(&self, path: &Path) {
         let _ = std::fs::remove_file(path);
         let state = self.state.clone();
