@@ -59,7 +59,12 @@ fn read(path: &Path) -> Option<String> {
 fn cluster(images_dir: &Path) -> ControlPlane {
     let cp = ControlPlane::start_full();
     std::fs::write(images_dir.join("marker"), "from the image\n").unwrap();
-    cp.write_images(&[("example/tools:1", images_dir)]);
+    // The long form also names the image's WORKDIR, where its directory appears.
+    let images = format!(
+        "example/tools:1: {dir}\nexample/workdir:1: {{dir: {dir}, workingDir: /run/kubewsgi-e2e/wd}}\n",
+        dir = images_dir.display()
+    );
+    std::fs::write(cp.dir.join("images.yaml"), images).unwrap();
     cp
 }
 
@@ -139,11 +144,16 @@ spec:
     image: example/tools:1
     command: [sh, -c, 'd=/run/kubewsgi-e2e/data; while [ ! -f $d/env ]; do sleep 0.1; done; echo b-sees-a > $d/b; exec sleep 600']
     volumeMounts: [{name: data, mountPath: /run/kubewsgi-e2e/data}]
+  - name: c
+    image: example/workdir:1
+    command: [sh, -c, 'd=/run/kubewsgi-e2e/data; pwd > $d/pwd-c; cat marker > $d/marker-c; exec sleep 600']
+    volumeMounts: [{name: data, mountPath: /run/kubewsgi-e2e/data}]
 "#,
     );
     let pod = wait_for(&cp, "pod env running with both containers' files", || {
         let pod = get_pod(&cp, "env")?;
         read(&volume(&cp, &pod, "data").join("b"))?;
+        read(&volume(&cp, &pod, "data").join("marker-c"))?;
         Some(pod)
     });
     let data = volume(&cp, &pod, "data");
@@ -158,6 +168,8 @@ spec:
     // The image directory is bind-mounted at the container's workingDir.
     assert_eq!(read(&data.join("pwd")).unwrap(), "/run/kubewsgi-e2e/app\n");
     assert_eq!(read(&data.join("marker")).unwrap(), "from the image\n");
+    assert_eq!(read(&data.join("pwd-c")).unwrap(), "/run/kubewsgi-e2e/wd\n");
+    assert_eq!(read(&data.join("marker-c")).unwrap(), "from the image\n");
     let env = read(&data.join("env")).unwrap();
     let status = pod.status.clone().unwrap();
     let ip = status.pod_ip.clone().unwrap();

@@ -10,12 +10,13 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// imageEntry is what an image reference maps to: a host directory holding the app, and optionally
-// the virtualenv its packages live in. DIR/images.yaml maps references to a directory, or to
-// {dir: ..., venv: ...}.
+// imageEntry is what an image reference maps to: a host directory holding the app, optionally the
+// virtualenv its packages live in and the image's WORKDIR (where the directory appears in its
+// containers). DIR/images.yaml maps references to a directory, or to {dir, venv, workingDir}.
 type imageEntry struct {
-	Dir  string `json:"dir"`
-	Venv string `json:"venv,omitempty"`
+	Dir        string
+	Venv       string
+	WorkingDir string
 }
 
 // isKubewsgiImage: the kubewsgi images run the built kubewsgi binary.
@@ -59,6 +60,7 @@ func (a *agent) lookupImage(ref string) (*imageEntry, error) {
 	case map[string]any:
 		e.Dir, _ = x["dir"].(string)
 		e.Venv, _ = x["venv"].(string)
+		e.WorkingDir, _ = x["workingDir"].(string)
 	}
 	if !filepath.IsAbs(e.Dir) {
 		return nil, fmt.Errorf("%s: image %s must map to an absolute directory, not %q", a.c.imagesFile, ref, e.Dir)
@@ -114,10 +116,16 @@ func (w *podWorker) sandboxSpec(ctx context.Context, c *container) (*sandboxSpec
 	}
 	_, term := c.files()
 	s := &sandboxSpec{Argv: argv, Env: env, Dir: c.spec.WorkingDir, TerminationLog: term, TerminationAt: c.spec.TerminationMessagePath}
-	if app != nil {
+	switch {
+	case app == nil && s.Dir == "":
+		s.Dir = "/"
+	case app != nil:
+		if s.Dir == "" {
+			s.Dir = app.WorkingDir
+		}
 		if s.Dir == "" {
 			s.Dir = app.Dir
-		} else {
+		} else if s.Dir != app.Dir {
 			s.Mounts = append(s.Mounts, mount{Source: app.Dir, Target: s.Dir})
 		}
 	}
