@@ -84,7 +84,10 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         let grace = opts.graceful_timeout;
         std::thread::Builder::new()
             .name("kubewsgi-http".into())
-            .spawn(move || io_thread(shared, start_rx, grace))?
+            .spawn({
+                let span = span.clone();
+                move || span.in_scope(|| io_thread(shared, start_rx, grace))
+            })?
     };
 
     let multiprocess = opts.workers > 1 || opts.max_workers.is_some_and(|m| m > 1);
@@ -130,6 +133,7 @@ fn io_thread(shared: Arc<Shared>, start: oneshot::Receiver<()>, grace: std::time
             return;
         }
     };
+    // The worker's span stays entered on this thread, so every task of this runtime logs inside it.
     rt.block_on(async move {
         tokio::spawn(heartbeat(shared.clone()));
         tokio::spawn(on_signals(shared.clone()));
