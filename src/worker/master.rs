@@ -101,7 +101,11 @@ async fn supervise(
     // /proc/self/exe is the master's own binary even after the file was replaced on disk, so
     // workers always run the same build as their master; elsewhere fall back to the path.
     let proc_exe = PathBuf::from("/proc/self/exe");
-    let exe = if proc_exe.exists() { proc_exe } else { std::env::current_exe()? };
+    let exe = if proc_exe.exists() {
+        proc_exe
+    } else {
+        std::env::current_exe()?
+    };
     let child_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     tracing::info!(listen = %listener.describe, workers = args.opts.workers, threads = args.opts.threads, app = %args.opts.app, "master started");
     loop {
