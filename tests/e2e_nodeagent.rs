@@ -102,6 +102,11 @@ spec:
   - {name: sec, secret: {secretName: creds}}
   - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
   initContainers:
+  - name: side
+    image: example/tools:1
+    restartPolicy: Always
+    command: [sh, -c, 'echo side > /run/kubewsgi-e2e/data/side; exec sleep 600']
+    volumeMounts: [{name: data, mountPath: /run/kubewsgi-e2e/data}]
   - name: init
     image: example/tools:1
     command: [sh, -c, 'echo init > /run/kubewsgi-e2e/data/order']
@@ -154,9 +159,15 @@ spec:
         let pod = get_pod(&cp, "env")?;
         read(&volume(&cp, &pod, "data").join("b"))?;
         read(&volume(&cp, &pod, "data").join("marker-c"))?;
+        read(&volume(&cp, &pod, "data").join("side"))?;
         Some(pod)
     });
     let data = volume(&cp, &pod, "data");
+    let status = pod.status.clone().unwrap();
+    // A sidecar (an init container with restartPolicy Always) keeps running beside the others.
+    assert_eq!(read(&data.join("side")).unwrap(), "side\n");
+    let side = &status.init_container_statuses.as_ref().unwrap()[0];
+    assert!(side.state.as_ref().unwrap().running.is_some(), "{side:?}");
     assert_eq!(
         read(&data.join("order")).unwrap(),
         "init\na\n",
@@ -171,7 +182,6 @@ spec:
     assert_eq!(read(&data.join("pwd-c")).unwrap(), "/run/kubewsgi-e2e/wd\n");
     assert_eq!(read(&data.join("marker-c")).unwrap(), "from the image\n");
     let env = read(&data.join("env")).unwrap();
-    let status = pod.status.clone().unwrap();
     let ip = status.pod_ip.clone().unwrap();
     for want in [
         "POD_NAME=env".to_string(),

@@ -49,6 +49,11 @@ func newContainer(w *podWorker, spec *v1.Container, init bool) *container {
 		state: v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "PodInitializing"}}}
 }
 
+// sidecar is an init container that runs beside the others (restartPolicy Always).
+func (c *container) sidecar() bool {
+	return c.init && c.spec.RestartPolicy != nil && *c.spec.RestartPolicy == v1.ContainerRestartPolicyAlways
+}
+
 func (c *container) files() (log, term string) {
 	base := filepath.Join(c.w.dir, "containers", c.spec.Name)
 	return base + ".log", base + ".termination-log"
@@ -102,10 +107,10 @@ func (c *container) start(ctx context.Context) error {
 	c.cmd, c.exited, c.cancel, c.killedBy = cmd, exited, cancel, ""
 	c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: metav1.Now()}}
 	c.started = c.spec.StartupProbe == nil
-	c.ready = !c.init && c.spec.ReadinessProbe == nil && c.started
+	c.ready = (!c.init || c.sidecar()) && c.spec.ReadinessProbe == nil && c.started
 	c.mu.Unlock()
 	c.w.markDirty()
-	if !c.init {
+	if !c.init || c.sidecar() {
 		go c.probe(pctx)
 	}
 	if c.w.stopping() {

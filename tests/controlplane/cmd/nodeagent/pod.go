@@ -192,7 +192,15 @@ func (w *podWorker) trySetup(ctx context.Context) error {
 
 func (w *podWorker) runContainers(ctx context.Context) {
 	policy := w.current().Spec.RestartPolicy
+	var wg sync.WaitGroup // sidecars: they stop with the pod
+	defer wg.Wait()
 	for _, c := range w.inits {
+		if c.sidecar() {
+			// A sidecar keeps running beside the containers, restarted whatever the pod's policy.
+			wg.Add(1)
+			go func() { defer wg.Done(); c.supervise(ctx, v1.RestartPolicyAlways) }()
+			continue
+		}
 		for {
 			code, ok := c.runOnce(ctx)
 			if !ok {
@@ -216,13 +224,13 @@ func (w *podWorker) runContainers(ctx context.Context) {
 	w.mu.Unlock()
 	w.markDirty()
 
-	var wg sync.WaitGroup
+	var mainWG sync.WaitGroup
 	for _, c := range w.ctrs {
-		wg.Add(1)
-		go func() { defer wg.Done(); c.supervise(ctx, policy) }()
+		mainWG.Add(1)
+		go func() { defer mainWG.Done(); c.supervise(ctx, policy) }()
 	}
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { mainWG.Wait(); close(done) }()
 	if !w.waitStop(ctx, done) {
 		// Every container finished for good (restartPolicy Never or OnFailure).
 		failed := false

@@ -129,9 +129,10 @@ func (w *podWorker) transition(c v1.PodCondition, now metav1.Time) metav1.Time {
 func (c *container) status() v1.ContainerStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	started := c.started
 	cs := v1.ContainerStatus{
 		Name: c.spec.Name, Image: c.spec.Image, ImageID: "kubewsgi://" + c.spec.Image,
-		Ready: c.ready, Started: &c.started, RestartCount: c.restarts,
+		Ready: c.ready, Started: &started, RestartCount: c.restarts,
 		State: c.state, LastTerminationState: c.last,
 	}
 	if c.cmd != nil && c.cmd.Process != nil {
@@ -139,7 +140,7 @@ func (c *container) status() v1.ContainerStatus {
 	} else if c.state.Terminated != nil {
 		cs.ContainerID = c.state.Terminated.ContainerID
 	}
-	if c.init {
+	if c.init && !c.sidecar() {
 		cs.Ready = c.state.Terminated != nil && c.state.Terminated.ExitCode == 0
 	}
 	return cs
