@@ -212,9 +212,22 @@ async fn operator_reconciles_wsgiapps() {
         worker.termination_message_policy.as_deref(),
         Some("FallbackToLogsOnError")
     );
-    assert_eq!(
-        worker.env.as_ref().unwrap()[0].name,
-        "DJANGO_SETTINGS_MODULE"
+    let env: Vec<(String, Option<String>)> = worker
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    assert!(
+        env.contains(&(
+            "DJANGO_SETTINGS_MODULE".into(),
+            Some("shop.settings".into())
+        )),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&("TMPDIR".into(), Some("/var/tmp".into()))),
+        "{env:?}"
     );
     for c in [proxy, worker] {
         let mounts: Vec<&str> = c

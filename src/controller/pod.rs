@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Lifecycle,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
     LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
     SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount,
 };
@@ -19,6 +19,10 @@ pub const RUN_DIR: &str = "/run/kubewsgi";
 pub const APP_SOCKET: &str = "/run/kubewsgi/app.sock";
 /// The worker server's control socket (`GET /stats`).
 pub const CONTROL_SOCKET: &str = "/run/kubewsgi/control.sock";
+/// Writable scratch space (an `emptyDir`, as the root filesystem is read-only), also `TMPDIR`:
+/// spooled request bodies, Python's `tempfile`. Not `/tmp`, so nothing of the image under `/tmp`
+/// is hidden.
+pub const TMP_DIR: &str = "/var/tmp";
 /// Where the TLS Secret is mounted in the proxy container.
 pub const TLS_DIR: &str = "/etc/kubewsgi/tls";
 /// The proxy's client port, named `http`.
@@ -44,7 +48,7 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
     let name = app.metadata.name.clone().unwrap_or_default();
     let spec = &app.spec;
     let mut volumes = vec![empty_dir("run"), empty_dir("tmp")];
-    let mut proxy_mounts = vec![mount("run", RUN_DIR, false), mount("tmp", "/tmp", false)];
+    let mut proxy_mounts = vec![mount("run", RUN_DIR, false), mount("tmp", TMP_DIR, false)];
     if let Some(tls) = &spec.tls {
         volumes.push(Volume {
             name: "tls".into(),
@@ -60,6 +64,7 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
 
     let proxy = Container {
         name: "proxy".into(),
+        env: Some(vec![tmpdir()]),
         image: Some(
             spec.proxy
                 .image
@@ -83,7 +88,12 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
         name: "app".into(),
         image: Some(spec.image.clone()),
         command: Some(worker_command(app)),
-        env: non_empty(spec.env.clone()),
+        // The spec's variables come later, so a TMPDIR of the user's wins.
+        env: Some(
+            std::iter::once(tmpdir())
+                .chain(spec.env.iter().cloned())
+                .collect(),
+        ),
         env_from: non_empty(spec.env_from.clone()),
         lifecycle: Some(pre_stop_sleep(APP_PRE_STOP_SECONDS)),
         resources: spec.resources.app.clone(),
@@ -91,7 +101,7 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(vec![
             mount("run", RUN_DIR, false),
-            mount("tmp", "/tmp", false),
+            mount("tmp", TMP_DIR, false),
         ]),
         ..Default::default()
     };
@@ -265,6 +275,14 @@ fn container_security() -> SecurityContext {
             type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+fn tmpdir() -> EnvVar {
+    EnvVar {
+        name: "TMPDIR".into(),
+        value: Some(TMP_DIR.into()),
         ..Default::default()
     }
 }
