@@ -459,3 +459,33 @@ async fn requests_behind_a_stuck_thread_are_answered_too() {
     s.wait_stats("replacement", |st| st["workers"] == 1 && pids(st) != old)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_opened_ahead_do_not_block_accepting() {
+    // One thread, long keep-alive: connections a client pool opens before use must not hold the
+    // worker's only slot until they idle out.
+    let s = start(&["--workers", "1", "--threads", "1", "--keep-alive", "60"]);
+    s.ready(1).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(Conn::open(&s.target).await.unwrap());
+    }
+    let last = conns.last_mut().unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        last.send("GET", "/pid", &[], Bytes::new()),
+    )
+    .await
+    .expect("the request on the last pre-opened connection is served")
+    .unwrap();
+    assert_eq!(r.status, 200);
+    for c in conns.iter_mut().take(3) {
+        assert_eq!(
+            c.send("GET", "/pid", &[], Bytes::new())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+}

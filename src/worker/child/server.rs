@@ -20,6 +20,9 @@ use super::body::RespBody;
 use super::job::{Input, Job, Peer, Reply, ReplyBody};
 use super::report::Reporter;
 
+/// How long an accepted connection without a request counts as load.
+const FRESH_SLOT: Duration = Duration::from_millis(100);
+
 /// Bodies up to this size with a Content-Length are read before the app runs (no GIL round trips).
 const PRELOAD_LIMIT: u64 = 64 * 1024;
 
@@ -222,12 +225,24 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             let last = state.last_done_ms.load(Ordering::Relaxed);
             Duration::from_millis(state.epoch.elapsed().as_millis() as u64 - last)
         };
-        let wait = keep_alive
-            .saturating_sub(idle_for())
-            .max(Duration::from_millis(10));
+        let fresh = state.fresh.load(Ordering::Acquire);
+        let wait = if fresh {
+            FRESH_SLOT
+        } else {
+            keep_alive
+                .saturating_sub(idle_for())
+                .max(Duration::from_millis(10))
+        };
         tokio::select! {
             _ = conn.as_mut() => break,
             _ = tokio::time::sleep(wait), if !closing => {
+                // A connection opened ahead of use (a client's pool warming up) gives its slot
+                // back soon, so it cannot keep the worker from accepting others for long.
+                if fresh && state.fresh.swap(false, Ordering::AcqRel) {
+                    shared.load.fetch_sub(1, Ordering::AcqRel);
+                    shared.freed.notify_one();
+                    continue;
+                }
                 // Idle past the keep-alive timeout (also while draining: a client that reuses a
                 // connection within its own shorter idle timeout never races this close).
                 if state.inflight.load(Ordering::Acquire) == 0 && idle_for() >= keep_alive {
