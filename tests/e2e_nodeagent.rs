@@ -332,6 +332,20 @@ spec:
         read(&volume(&cp, &web, "data").join("restarted"))
     });
 
+    // ...and says so in the pod's events, as a kubelet does.
+    wait_for(&cp, "Unhealthy and Killing events for pod web", || {
+        let out = cp.kubectl_ok([
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]);
+        (out.contains("Unhealthy") && out.contains("Killing") && out.contains("Started"))
+            .then_some(())
+    });
+
     // Deletion: preStop, then SIGTERM; a process ignoring SIGTERM is killed at the grace period.
     wait_for(&cp, "stopper and stubborn running", || {
         let a = get_pod(&cp, "stopper")?.status?.phase? == "Running";

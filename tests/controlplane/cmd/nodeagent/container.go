@@ -59,6 +59,11 @@ func (c *container) files() (log, term string) {
 	return base + ".log", base + ".termination-log"
 }
 
+func (c *container) startFailed(err error) {
+	c.setWaiting(startReason(err), err.Error())
+	c.w.event(v1.EventTypeWarning, "Failed", "Error: %s: %v", startReason(err), err)
+}
+
 func (c *container) setWaiting(reason, msg string) {
 	c.mu.Lock()
 	c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: reason, Message: msg}}
@@ -110,6 +115,7 @@ func (c *container) start(ctx context.Context) error {
 	c.ready = (!c.init || c.sidecar()) && c.spec.ReadinessProbe == nil && c.started
 	c.mu.Unlock()
 	c.w.markDirty()
+	c.w.event(v1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	if !c.init || c.sidecar() {
 		go c.probe(pctx)
 	}
@@ -203,7 +209,7 @@ func (c *container) runOnce(ctx context.Context) (int32, bool) {
 		if err == nil {
 			break
 		}
-		c.setWaiting(startReason(err), err.Error())
+		c.startFailed(err)
 		if c.w.waitStop(ctx, after(3*time.Second)) {
 			return 0, false
 		}
@@ -216,7 +222,7 @@ func (c *container) runOnce(ctx context.Context) (int32, bool) {
 func (c *container) supervise(ctx context.Context, policy v1.RestartPolicy) {
 	for !c.w.stopping() {
 		if err := c.start(ctx); err != nil {
-			c.setWaiting(startReason(err), err.Error())
+			c.startFailed(err)
 			if c.w.waitStop(ctx, after(3*time.Second)) {
 				return
 			}
@@ -250,6 +256,7 @@ func (c *container) backoff(ctx context.Context) bool {
 	c.restarts++
 	c.mu.Unlock()
 	c.w.markDirty()
+	c.w.event(v1.EventTypeWarning, "BackOff", "Back-off %s restarting failed container %s", delay, c.spec.Name)
 	return !c.w.waitStop(ctx, after(delay))
 }
 

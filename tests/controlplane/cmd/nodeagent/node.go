@@ -15,7 +15,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 )
@@ -33,6 +36,8 @@ type agent struct {
 	binder *kubernetes.Clientset
 	net    *network
 	state  string
+
+	events record.EventRecorder
 
 	mu   sync.Mutex
 	pods map[types.UID]*podWorker
@@ -133,6 +138,11 @@ func (a *agent) heartbeat(ctx context.Context) {
 // run watches pods: unbound ones are bound here (no scheduler runs), bound ones get a worker.
 func (a *agent) run(ctx context.Context) {
 	go a.heartbeat(ctx)
+	// Events as a kubelet posts them, so `kubectl describe pod` tells what happened.
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.node.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	a.events = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: a.c.nodeName})
 
 	unbound := informers.NewSharedInformerFactoryWithOptions(a.binder, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.AndSelectors(fields.OneTermEqualSelector("spec.nodeName", ""),

@@ -153,6 +153,7 @@ func (w *podWorker) setup(ctx context.Context, log klog.Logger) bool {
 			return true
 		}
 		log.Error(err, "pod sandbox")
+		w.event(v1.EventTypeWarning, "FailedCreatePodSandBox", "%v", err)
 		w.mu.Lock()
 		w.message = "sandbox: " + err.Error()
 		w.mu.Unlock()
@@ -300,6 +301,13 @@ func (w *podWorker) teardown(log klog.Logger) {
 	}
 	if err := os.RemoveAll(filepath.Join(w.dir, "volumes")); err != nil {
 		log.Error(err, "remove volumes")
+	}
+}
+
+// event records an Event on the pod.
+func (w *podWorker) event(kind, reason, format string, args ...any) {
+	if w.a.events != nil {
+		w.a.events.Eventf(w.current(), kind, reason, format, args...)
 	}
 }
 

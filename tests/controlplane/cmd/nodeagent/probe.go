@@ -65,6 +65,17 @@ func (c *container) probe(ctx context.Context) {
 	}
 }
 
+// kind names a probe of the container for events.
+func kind(c *v1.Container, p *v1.Probe) string {
+	switch p {
+	case c.StartupProbe:
+		return "Startup"
+	case c.LivenessProbe:
+		return "Liveness"
+	}
+	return "Readiness"
+}
+
 func threshold(v, def int32) int32 {
 	if v > 0 {
 		return v
@@ -97,7 +108,7 @@ func (c *container) loop(ctx context.Context, p *v1.Probe, on func(ok bool, fail
 			ok = successes >= threshold(p.SuccessThreshold, 1)
 		} else {
 			failures, successes = failures+1, 0
-			klog.V(2).Infof("probe %s/%s: %v", c.w.current().Name, c.spec.Name, err)
+			c.w.event(v1.EventTypeWarning, "Unhealthy", "%s probe failed: %v", kind(c.spec, p), err)
 		}
 		if !on(ok, failures) {
 			return true
@@ -113,6 +124,7 @@ func (c *container) loop(ctx context.Context, p *v1.Probe, on func(ok bool, fail
 // kill stops a container whose probe failed; the supervisor restarts it per the restart policy.
 func (c *container) kill(ctx context.Context, why string) {
 	klog.Infof("pod %s container %s: %s; restarting", c.w.current().Name, c.spec.Name, why)
+	c.w.event(v1.EventTypeNormal, "Killing", "Container %s %s, will be restarted", c.spec.Name, why)
 	grace := c.w.gracePeriod()
 	c.stop(time.Now().Add(grace), true)
 }
