@@ -10,7 +10,12 @@ use kubewsgi::{controller, crd, proxy, run, worker};
 #[command(name = "kubewsgi", version, about)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, env = "KUBEWSGI_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "KUBEWSGI_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
