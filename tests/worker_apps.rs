@@ -177,3 +177,19 @@ async fn missing_or_non_callable_attribute_is_a_clear_error() {
     s.ready(1).await;
     assert_eq!(s.get("/").await.text(), "factory named [('extra', 1)]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_venv_is_resolved_before_chdir() {
+    // `--venv .venv --chdir apps` run from the project root: the venv is the root's, not apps/'s.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let a = apps();
+    let s = Server::start_with(
+        "flask_app:app",
+        &["--chdir", &a, "--venv", ".venv"],
+        |cmd| {
+            cmd.current_dir(root);
+        },
+    );
+    s.ready(1).await;
+    assert_eq!(s.get("/").await.text(), "hello from flask-module");
+}

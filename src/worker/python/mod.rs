@@ -22,6 +22,14 @@ use super::{Result, WorkerOpts};
 
 /// Starts CPython and imports the app; the error is the traceback to report.
 pub fn boot(opts: &WorkerOpts, multiprocess: bool) -> Result<Arc<App>, String> {
+    // A relative --venv names a directory as seen from where kubewsgi was started, as for
+    // `python`: resolve it before --chdir moves us.
+    let venv = match &opts.venv {
+        Some(v) => {
+            Some(std::path::absolute(v).map_err(|e| format!("--venv {}: {e}", v.display()))?)
+        }
+        None => None,
+    };
     let dir = match &opts.chdir {
         Some(d) => {
             std::env::set_current_dir(d).map_err(|e| format!("--chdir {}: {e}", d.display()))?;
@@ -29,7 +37,7 @@ pub fn boot(opts: &WorkerOpts, multiprocess: bool) -> Result<Arc<App>, String> {
         }
         None => std::env::current_dir().map_err(|e| e.to_string())?,
     };
-    interp::initialize(opts.venv.as_deref())?;
+    interp::initialize(venv.as_deref())?;
     Python::attach(|py| {
         let callable = interp::load_app(py, &opts.app, &dir)?;
         let errors = Py::new(py, streams::Errors::default())
