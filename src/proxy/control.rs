@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::admission::Admission;
+use super::upstream::Target;
 use crate::metrics::Metrics;
 
 /// How often the control socket is read.
@@ -60,9 +61,11 @@ impl Stats {
     }
 }
 
-/// Polls `path` forever, publishing [`WorkerStatus`] and following capacity.
+/// Polls `path` forever, publishing [`WorkerStatus`] and following capacity. A worker server
+/// whose app socket is gone is not ready, however well its control socket answers.
 pub async fn follow(
     path: PathBuf,
+    upstream: Target,
     status: watch::Sender<WorkerStatus>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
@@ -83,11 +86,12 @@ pub async fn follow(
                     .worker_max_capacity
                     .set(max.saturating_mul(stats.threads) as i64);
                 metrics.set_worker_restarts(stats.restarts);
+                let app_socket = app_socket_present(&upstream).await.err();
                 WorkerStatus {
                     reachable: true,
-                    ready: stats.is_ready(),
+                    ready: stats.is_ready() && app_socket.is_none(),
                     stats: Some(stats),
-                    error: None,
+                    error: app_socket,
                 }
             }
             Ok(Err(e)) => WorkerStatus {
@@ -107,6 +111,22 @@ pub async fn follow(
             *cur = next;
             changed
         });
+    }
+}
+
+/// Whether requests could reach the worker server: its Unix socket exists (a file check, so a
+/// full accept backlog under load does not count as absence).
+async fn app_socket_present(target: &Target) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match target {
+        Target::Unix(p) => match tokio::fs::metadata(p).await {
+            Ok(m) if m.file_type().is_socket() => Ok(()),
+            Ok(_) => Err(format!("app socket {} is not a socket", p.display())),
+            Err(e) => Err(format!("app socket {}: {e}", p.display())),
+        },
+        // A TCP probe would wait on a full backlog and fail a busy server; the control socket
+        // and the 502s of real requests speak for a TCP upstream.
+        Target::Tcp(_) => Ok(()),
     }
 }
 

@@ -46,10 +46,16 @@ impl Shared {
         let w = self.worker.borrow();
         match (&w.error, w.reachable, w.ready) {
             (_, true, true) => Ok(()),
-            (_, true, false) => Err(match w.stats.as_ref().and_then(|s| s.boot_error.clone()) {
-                Some(e) => format!("worker server not ready: {e}"),
-                None => "worker server not ready".into(),
-            }),
+            (_, true, false) => Err(
+                match w
+                    .error
+                    .clone()
+                    .or_else(|| w.stats.as_ref().and_then(|s| s.boot_error.clone()))
+                {
+                    Some(e) => format!("worker server not ready: {e}"),
+                    None => "worker server not ready".into(),
+                },
+            ),
             (Some(e), false, _) => Err(format!("worker server unreachable: {e}")),
             (None, false, _) => Err("worker server not seen yet".into()),
         }
@@ -112,9 +118,9 @@ pub async fn handle(
 
 async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
     let opts = &shared.opts;
-    let host = match validate::host(&req) {
+    let host = match validate::request(&req) {
         Ok(h) => h,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), req.version()),
+        Err(e) => return error(e.status(), &e.to_string(), req.version()),
     };
     if req.method() == Method::CONNECT {
         return error(
@@ -345,7 +351,7 @@ pub fn error(code: StatusCode, msg: &str, version: Version) -> Response<ProxyBod
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     // The rest of a refused request may still be on the wire: do not read it as a next request.
-    if version < Version::HTTP_2 && matches!(code.as_u16(), 400 | 405 | 408 | 413) {
+    if version < Version::HTTP_2 && matches!(code.as_u16(), 400 | 405 | 408 | 413 | 501) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r

@@ -144,6 +144,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (status_tx, status_rx) = watch::channel(WorkerStatus::default());
     let control = tokio::spawn(control::follow(
         cfg.control_socket.clone(),
+        target.clone(),
         status_tx,
         admission.clone(),
         metrics.clone(),

@@ -1,7 +1,8 @@
-//! Request checks hyper leaves to the application: the `Host` header rules of RFC 9112 §3.2.
+//! Request checks hyper leaves to the application: the `Host` header rules of RFC 9112 §3.2,
+//! the request-target forms of §3.2.1–3.2.4 and the transfer codings of §6.1.
 
 use http::header::{self, HeaderValue};
-use http::{Request, Version};
+use http::{Method, Request, StatusCode, Version};
 
 /// Why a request is refused with 400.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -12,6 +13,89 @@ pub enum Invalid {
     DuplicateHost,
     #[error("invalid Host header")]
     BadHost,
+    #[error("request target must be an absolute path")]
+    BadTarget,
+    #[error("request target names another host than Host")]
+    ForeignAuthority,
+    #[error("invalid Transfer-Encoding")]
+    BadTransferEncoding,
+    #[error("unsupported transfer coding (only chunked is accepted)")]
+    UnsupportedTransferCoding,
+}
+
+impl Invalid {
+    /// The answer's status: 501 for a transfer coding the proxy cannot decode (RFC 9112 §6.1),
+    /// 400 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Invalid::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// All checks of this module in order; the request's host on success.
+pub fn request<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Invalid> {
+    let host = host(req)?;
+    target(req, host.as_ref())?;
+    transfer_coding(req)?;
+    Ok(host)
+}
+
+/// The request target: origin-form, `*` for OPTIONS only, or (HTTP/1) an http(s) absolute-form
+/// naming the same authority as Host, so the app never sees a host it was not asked for.
+pub fn target<B>(req: &Request<B>, host: Option<&HeaderValue>) -> Result<(), Invalid> {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        return Ok(());
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let form_ok = if path == "*" {
+        req.method() == Method::OPTIONS
+    } else {
+        path.starts_with('/')
+    };
+    if !form_ok {
+        return Err(Invalid::BadTarget);
+    }
+    if req.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) => Ok(()),
+        (Some("http" | "https"), Some(a)) => match host {
+            Some(h) if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Ok(()),
+            _ => Err(Invalid::ForeignAuthority),
+        },
+        _ => Err(Invalid::BadTarget),
+    }
+}
+
+/// HTTP/1 `Transfer-Encoding`: exactly `chunked` once; other codings are not decoded by the
+/// proxy and would reach the app as if they were the body.
+pub fn transfer_coding<B>(req: &Request<B>) -> Result<(), Invalid> {
+    if req.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut chunked = 0;
+    for value in req.headers().get_all(header::TRANSFER_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Err(Invalid::BadTransferEncoding);
+        };
+        for coding in text.split(',').map(str::trim) {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else if coding.is_empty() {
+                return Err(Invalid::BadTransferEncoding);
+            } else {
+                return Err(Invalid::UnsupportedTransferCoding);
+            }
+        }
+    }
+    if chunked > 1 || (chunked == 1 && req.version() == Version::HTTP_10) {
+        return Err(Invalid::BadTransferEncoding);
+    }
+    Ok(())
 }
 
 /// The request's host (Host header, or the HTTP/2 `:authority`), checked.
@@ -151,5 +235,71 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    fn with(version: Version, method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().version(version).method(method).uri(uri);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn target_forms() {
+        let h = HeaderValue::from_static("a.test");
+        let t = |m: Method, uri: &str| target(&with(Version::HTTP_11, m, uri, &[]), Some(&h));
+        assert_eq!(t(Method::GET, "/x?y"), Ok(()));
+        assert_eq!(t(Method::OPTIONS, "*"), Ok(()));
+        assert_eq!(t(Method::GET, "http://A.test/x"), Ok(()));
+        assert_eq!(t(Method::GET, "*"), Err(Invalid::BadTarget));
+        assert_eq!(t(Method::GET, "a.test:80"), Err(Invalid::BadTarget));
+        assert_eq!(t(Method::GET, "ftp://a.test/x"), Err(Invalid::BadTarget));
+        assert_eq!(
+            t(Method::GET, "http://b.test/x"),
+            Err(Invalid::ForeignAuthority)
+        );
+        assert_eq!(
+            t(Method::GET, "http://a.test:81/x"),
+            Err(Invalid::ForeignAuthority)
+        );
+    }
+
+    #[test]
+    fn transfer_codings() {
+        let te = |v: Version, values: &[&str]| {
+            let hs: Vec<(&str, &str)> = values.iter().map(|x| ("transfer-encoding", *x)).collect();
+            transfer_coding(&with(v, Method::POST, "/", &hs))
+        };
+        assert_eq!(te(Version::HTTP_11, &[]), Ok(()));
+        assert_eq!(te(Version::HTTP_11, &["Chunked"]), Ok(()));
+        assert_eq!(
+            te(Version::HTTP_11, &["chunked", "chunked"]),
+            Err(Invalid::BadTransferEncoding)
+        );
+        assert_eq!(
+            te(Version::HTTP_11, &["chunked, chunked"]),
+            Err(Invalid::BadTransferEncoding)
+        );
+        assert_eq!(
+            te(Version::HTTP_11, &["gzip, chunked"]),
+            Err(Invalid::UnsupportedTransferCoding)
+        );
+        assert_eq!(
+            te(Version::HTTP_11, &["chunked, identity"]),
+            Err(Invalid::UnsupportedTransferCoding)
+        );
+        assert_eq!(
+            te(Version::HTTP_11, &[",chunked"]),
+            Err(Invalid::BadTransferEncoding)
+        );
+        assert_eq!(
+            te(Version::HTTP_10, &["chunked"]),
+            Err(Invalid::BadTransferEncoding)
+        );
+        assert_eq!(
+            Invalid::UnsupportedTransferCoding.status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
     }
 }
