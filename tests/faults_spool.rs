@@ -91,14 +91,14 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
             "16k",
         ],
     );
-    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let crc = python(
         "import zlib; print('%08x' % zlib.crc32(bytes(i % 251 for i in range(100000))))",
         &[],
     );
     let filler = fill(&fs.0);
 
-    let resp = post(r.addr, &body);
+    let resp = post(r.addr, &payload);
     assert_eq!(status(&resp), 500, "{resp}");
     assert!(body(&resp).contains("cannot buffer request body"), "{resp}");
     let resp = r.get("/big?big=100000");
@@ -116,7 +116,7 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
     assert_eq!(spool_files(&fs.0), Vec::<String>::new(), "spool leftovers");
 
     std::fs::remove_file(filler).unwrap();
-    let resp = post(r.addr, &body);
+    let resp = post(r.addr, &payload);
     assert_eq!(status(&resp), 200, "{resp}");
     let log = std::fs::read_to_string(app.path().join("requests.log")).unwrap();
     let line = log.lines().find(|l| l.starts_with("POST")).unwrap();
