@@ -9,8 +9,11 @@ use std::process::Command;
 
 use run_support::*;
 
-/// A 256 KiB tmpfs, unmounted on drop.
-struct Tmpfs(PathBuf, tempfile::TempDir);
+/// A 256 KiB tmpfs, unmounted on drop (before its mount point directory is removed).
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
     fn mount() -> Option<Self> {
@@ -20,13 +23,16 @@ impl Tmpfs {
             .arg(d.path())
             .status()
             .is_ok_and(|s| s.success());
-        ok.then(|| Self(d.path().to_path_buf(), d))
+        ok.then(|| Self {
+            path: d.path().to_path_buf(),
+            _dir: d,
+        })
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -74,7 +80,7 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
         app.path().join("recorder.py"),
     )
     .unwrap();
-    let spool = fs.0.display().to_string();
+    let spool = fs.path.display().to_string();
     let r = Run::start(
         "recorder:app",
         app.path(),
@@ -96,7 +102,7 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
         "import zlib; print('%08x' % zlib.crc32(bytes(i % 251 for i in range(100000))))",
         &[],
     );
-    let filler = fill(&fs.0);
+    let filler = fill(&fs.path);
 
     let resp = post(r.addr, &payload);
     assert_eq!(status(&resp), 500, "{resp}");
@@ -113,7 +119,11 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
         !log.contains("POST"),
         "a refused body reached the app: {log}"
     );
-    assert_eq!(spool_files(&fs.0), Vec::<String>::new(), "spool leftovers");
+    assert_eq!(
+        spool_files(&fs.path),
+        Vec::<String>::new(),
+        "spool leftovers"
+    );
 
     std::fs::remove_file(filler).unwrap();
     let resp = post(r.addr, &payload);
@@ -127,5 +137,9 @@ fn full_spool_filesystem_gives_a_clear_5xx_and_loses_nothing() {
     let resp = r.get("/big?big=100000");
     assert_eq!(status(&resp), 200);
     assert_eq!(body(&resp).len(), 100_000);
-    assert_eq!(spool_files(&fs.0), Vec::<String>::new(), "spool leftovers");
+    assert_eq!(
+        spool_files(&fs.path),
+        Vec::<String>::new(),
+        "spool leftovers"
+    );
 }
