@@ -138,8 +138,15 @@ async fn reconcile_inner(app: &WsgiApp, ctx: &Context) -> Result<Action> {
     if !new.matches(app) {
         let api = Api::<WsgiApp>::namespaced(client.clone(), &ns);
         let patch = serde_json::json!({ "status": new });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Deleted while this reconcile ran: garbage collection takes the owned objects.
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(Action::await_change()),
+            Err(e) => return Err(e.into()),
+        }
         debug!("status updated");
         status_events(ctx, app, &new).await;
     }
