@@ -7,6 +7,7 @@ pub mod buffer;
 pub mod config;
 pub mod control;
 pub mod forwarded;
+pub mod fuzz_checks;
 pub mod handler;
 pub mod raw_head;
 pub mod server;

@@ -54,17 +54,7 @@ impl Progress {
         let Ok(h) = self.head.lock() else {
             return false;
         };
-        let end = h
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(h.len());
-        let (mut cl, mut te) = (false, false);
-        for line in h[..end].split(|&b| b == b'\n').skip(1) {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
-            cl |= name.eq_ignore_ascii_case(b"content-length");
-            te |= name.eq_ignore_ascii_case(b"transfer-encoding");
-        }
-        cl && te
+        length_and_chunked(&h)
     }
 
     fn record(&self, bytes: &[u8]) {
@@ -76,6 +66,22 @@ impl Progress {
             h.extend_from_slice(&bytes[..take]);
         }
     }
+}
+
+/// True when the head at the start of `bytes` (up to its blank line) has both a Content-Length
+/// and a Transfer-Encoding field.
+pub fn length_and_chunked(bytes: &[u8]) -> bool {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(bytes.len());
+    let (mut cl, mut te) = (false, false);
+    for line in bytes[..end].split(|&b| b == b'\n').skip(1) {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    cl && te
 }
 
 /// A stream recording what it reads into a [`Progress`].

@@ -7,7 +7,7 @@ use http::{Method, Request, StatusCode, Version};
 /// Why a request is refused with 400.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
-    #[error("HTTP/1.1 request without Host")]
+    #[error("request without Host")]
     MissingHost,
     #[error("more than one Host header")]
     DuplicateHost,
@@ -110,7 +110,8 @@ pub fn host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Invalid> {
         (None, Some(a)) if req.version() >= Version::HTTP_2 => {
             HeaderValue::from_str(a.as_str()).map_err(|_| Invalid::BadHost)?
         }
-        (None, _) if req.version() == Version::HTTP_11 => return Err(Invalid::MissingHost),
+        // HTTP/2 without `:authority` nor Host is as malformed as HTTP/1.1 without Host.
+        (None, _) if req.version() >= Version::HTTP_11 => return Err(Invalid::MissingHost),
         (None, _) => return Ok(None),
     };
     if !valid_host(value.as_bytes()) {
@@ -197,6 +198,10 @@ mod tests {
             Err(Invalid::DuplicateHost)
         );
         assert_eq!(host(&req(Version::HTTP_10, "/", &[])), Ok(None));
+        assert_eq!(
+            host(&req(Version::HTTP_2, "/", &[])),
+            Err(Invalid::MissingHost)
+        );
         assert_eq!(
             host(&req(Version::HTTP_2, "http://h2.example:81/", &[]))
                 .unwrap()
