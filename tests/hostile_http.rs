@@ -298,3 +298,59 @@ fn refusals_answer_with_a_status() {
     }
     assert_eq!(app_log(dir.path()), "", "nothing reached the app");
 }
+
+/// HTTP/2 (h2c by prior knowledge): a Host naming another entity than `:authority`, and neither
+/// of them, are refused with 400 on their stream; an ordinary stream on the same connection is
+/// served, and only it reaches the app.
+#[test]
+fn h2_host_conflicts_are_refused() {
+    let dir = recorder_dir();
+    let r = Run::start(
+        "recorder:app",
+        dir.path(),
+        &["--workers", "1", "--threads", "2"],
+    );
+    let out = python(
+        r#"
+import socket, sys
+import h2.config, h2.connection, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+c = h2.connection.H2Connection(config=cfg)
+c.initiate_connection()
+streams = {
+    1: [(":method", "GET"), (":path", "/conflict"), (":scheme", "http"), (":authority", "a.test"), ("host", "b.test")],
+    3: [(":method", "GET"), (":path", "/nohost"), (":scheme", "http")],
+    5: [(":method", "GET"), (":path", "/ok"), (":scheme", "http"), (":authority", "a.test")],
+}
+for sid, headers in streams.items():
+    c.send_headers(sid, headers, end_stream=True)
+s.sendall(c.data_to_send())
+status, done = {}, set()
+while len(done) < len(streams):
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            status[e.stream_id] = dict(e.headers)[b":status"].decode()
+        elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+            done.add(e.stream_id)
+    s.sendall(c.data_to_send())
+print(" ".join(f"{k}={status.get(k, 'reset')}" for k in sorted(streams)))
+"#,
+        &[&r.addr.port().to_string()],
+    );
+    let out = out.trim();
+    eprintln!("h2 streams: {out}");
+    let codes: Vec<&str> = out.split(' ').collect();
+    assert_eq!(codes.len(), 3, "{out}");
+    assert_eq!(codes[2], "5=200", "{out}");
+    for c in &codes[..2] {
+        let code = c.split('=').nth(1).unwrap();
+        assert!(code == "reset" || code.starts_with('4'), "{out}");
+    }
+    let log = app_log(dir.path());
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.starts_with("GET /ok "), "{log}");
+}

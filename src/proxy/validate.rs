@@ -42,8 +42,9 @@ pub fn request<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Invalid> {
     Ok(host)
 }
 
-/// The request target: origin-form, `*` for OPTIONS only, or (HTTP/1) an http(s) absolute-form
-/// naming the same authority as Host, so the app never sees a host it was not asked for.
+/// The request target: origin-form, `*` for OPTIONS only, or an http(s) absolute-form (HTTP/2:
+/// `:scheme` and `:authority`) naming the same authority as Host, so the app never sees a host
+/// it was not asked for.
 pub fn target<B>(req: &Request<B>, host: Option<&HeaderValue>) -> Result<(), Invalid> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
@@ -58,9 +59,8 @@ pub fn target<B>(req: &Request<B>, host: Option<&HeaderValue>) -> Result<(), Inv
     if !form_ok {
         return Err(Invalid::BadTarget);
     }
-    if req.version() >= Version::HTTP_2 {
-        return Ok(());
-    }
+    // HTTP/2 always carries the scheme and `:authority`; a Host field naming another entity is
+    // malformed there too (RFC 9113 §8.3.1).
     match (uri.scheme_str(), uri.authority()) {
         (None, None) => Ok(()),
         (Some("http" | "https"), Some(a)) => match host {
@@ -266,6 +266,17 @@ mod tests {
         );
         assert_eq!(
             t(Method::GET, "http://a.test:81/x"),
+            Err(Invalid::ForeignAuthority)
+        );
+        let h2 = |uri: &str, host: &[(&str, &str)]| {
+            let r = with(Version::HTTP_2, Method::GET, uri, host);
+            let h = super::host(&r).unwrap();
+            target(&r, h.as_ref())
+        };
+        assert_eq!(h2("https://a.test/x", &[]), Ok(()));
+        assert_eq!(h2("https://a.test/x", &[("host", "a.test")]), Ok(()));
+        assert_eq!(
+            h2("https://a.test/x", &[("host", "b.test")]),
             Err(Invalid::ForeignAuthority)
         );
     }
