@@ -175,7 +175,10 @@ fn kill_9_of_a_worker_under_load_loses_at_most_its_in_flight_requests() {
         "more failures ({gets} GET, {posts} POST) than requests in flight on one worker ({threads})"
     );
     // A GET reset before any response byte is retried on a fresh connection (the other worker).
-    assert_eq!(gets, 0, "a GET failed although the proxy retries idempotent requests");
+    assert_eq!(
+        gets, 0,
+        "a GET failed although the proxy retries idempotent requests"
+    );
     // The killed worker is replaced: the server has two workers again, and a new one among them.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
