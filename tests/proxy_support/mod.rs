@@ -2,6 +2,9 @@
 //! socket, and the real `kubewsgi proxy` binary in between.
 #![allow(dead_code)]
 
+#[path = "../capture/mod.rs"]
+mod capture;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -214,31 +217,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start kubewsgi");
-        let out = Arc::new(Mutex::new(String::new()));
-        let err = Arc::new(Mutex::new(String::new()));
-        for (pipe, sink) in [
-            (
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-                out.clone(),
-            ),
-            (
-                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-                err.clone(),
-            ),
-        ] {
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        let (out, err) = capture::capture(&mut child);
         Self { child, out, err }
     }
 
