@@ -186,6 +186,43 @@ impl ControlPlane {
         text
     }
 
+    /// Stops etcd, the API server and the controllers (unless [`ControlPlane::stop_for_restart`]
+    /// did) and starts them again on the same ports, keys and etcd data
+    /// (`scripts/control-plane restart`): running clients reconnect to the same address. Returns
+    /// once the restarted control plane is ready.
+    pub fn restart(&mut self) {
+        assert!(self.running, "restart of a stopped control plane");
+        let out = Command::new(script())
+            .env("KUBEWSGI_BINARY", kubewsgi_binary())
+            .arg("restart")
+            .arg(&self.dir)
+            .output()
+            .expect("run scripts/control-plane restart");
+        assert!(
+            out.status.success(),
+            "the local control plane did not restart:\n{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+    }
+
+    /// Stops etcd, the API server and the controllers but keeps ports, keys and data for
+    /// [`ControlPlane::restart`]: an outage as long as the caller wants.
+    pub fn stop_for_restart(&mut self) {
+        assert!(self.running, "stop of a stopped control plane");
+        let out = Command::new(script())
+            .arg("down")
+            .arg(&self.dir)
+            .output()
+            .expect("run scripts/control-plane down");
+        assert!(
+            out.status.success(),
+            "scripts/control-plane down failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the control plane now (drop does it too); idempotent.
     pub fn stop(&mut self) {
         if !self.running {

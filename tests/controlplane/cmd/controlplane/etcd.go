@@ -88,6 +88,43 @@ func freePorts(n int) ([]int, error) {
 
 const minPort = 10000
 
+// portsFile records the ports of the last run (etcd client, etcd peer, API server), so a restart
+// with --reuse-ports listens where running clients and the kubeconfigs already point.
+const portsFile = "ports"
+
+// choosePorts returns the etcd client, etcd peer and API server ports: those of DIR/ports when
+// reuse is set (an error if there are none), else free ones, recorded in DIR/ports either way.
+func choosePorts(dir string, reuse bool) ([]int, error) {
+	path := filepath.Join(dir, portsFile)
+	var ports []int
+	if reuse {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--reuse-ports: no ports of a previous run: %w", err)
+		}
+		for _, f := range strings.Fields(string(data)) {
+			port, err := strconv.Atoi(f)
+			if err != nil || port <= 0 || port > 65535 {
+				return nil, fmt.Errorf("--reuse-ports: %s holds %q, not a port", path, f)
+			}
+			ports = append(ports, port)
+		}
+		if len(ports) != 3 {
+			return nil, fmt.Errorf("--reuse-ports: %s holds %d ports, want 3", path, len(ports))
+		}
+	} else {
+		var err error
+		if ports, err = freePorts(3); err != nil {
+			return nil, fmt.Errorf("free ports: %w", err)
+		}
+	}
+	text := fmt.Sprintf("%d %d %d\n", ports[0], ports[1], ports[2])
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		return nil, fmt.Errorf("record ports: %w", err)
+	}
+	return ports, nil
+}
+
 // ephemeralLow is the first port of the kernel's ephemeral range (32768 when unknown).
 func ephemeralLow() int {
 	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")

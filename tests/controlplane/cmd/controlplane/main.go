@@ -2,7 +2,8 @@
 // the large shared dependency tree serves several programs. It dispatches on the name it is run
 // as (symlinks) or on its first argument:
 //
-//	controlplane serve --dir DIR [--full]   etcd + kube-apiserver (+ kube-controller-manager child)
+//	controlplane serve --dir DIR [--full] [--reuse-ports]
+//	                                        etcd + kube-apiserver (+ kube-controller-manager child)
 //	kube-apiserver ...                      upstream kube-apiserver, unchanged flags
 //	kube-controller-manager ...             upstream kube-controller-manager, unchanged flags
 //	kubectl ...                             upstream kubectl at the server's version
@@ -63,5 +64,5 @@ func runKubectl() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane serve --dir DIR [--full] | kube-apiserver ... | kube-controller-manager ... | kubectl ...")
+	fmt.Fprintln(os.Stderr, "usage: controlplane serve --dir DIR [--full] [--reuse-ports] | kube-apiserver ... | kube-controller-manager ... | kubectl ...")
 }

@@ -43,6 +43,7 @@ func serve(args []string) int {
 	dir := fs.String("dir", "", "state directory (kubeconfig, pki, etcd data, logs)")
 	full := fs.Bool("full", false, "run every controller-manager controller (Deployments, ReplicaSets, EndpointSlices, ...)")
 	owner := fs.Int("owner-pid", 0, "shut down when this process no longer exists (a test run that was killed)")
+	reuse := fs.Bool("reuse-ports", false, "listen on the ports of the previous run in DIR (DIR/ports), so running clients reconnect to the same address")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -55,22 +56,22 @@ func serve(args []string) int {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	}
-	if err := run(abs, *full, *owner); err != nil {
+	if err := run(abs, *full, *owner, *reuse); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	}
 	return 0
 }
 
-func run(dir string, full bool, owner int) error {
+func run(dir string, full bool, owner int, reuse bool) error {
 	os.Remove(filepath.Join(dir, "ready"))
 	p, err := ensurePKI(filepath.Join(dir, "pki"))
 	if err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := choosePorts(dir, reuse)
 	if err != nil {
-		return fmt.Errorf("free ports: %w", err)
+		return err
 	}
 	etcdClientPort, etcdPeerPort, apiPort := ports[0], ports[1], ports[2]
 
