@@ -46,6 +46,14 @@ pub const DEFAULT_PROXY_IMAGE: &str = concat!("kubewsgi/kubewsgi:", env!("CARGO_
 /// Longest wait for running reconciles at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Ceiling of the wait between failed watch attempts (jitter adds up to as much again).
+/// kube-runtime applies one backoff to the merged stream of all six watches: while it waits no watch
+/// is read, and after an API server restart each watch fails once more with 410 Expired before it
+/// relists, so the waits add up per watch. With client-go's 30 s ceiling a restart left the
+/// controller deaf for minutes; at 1 s it relists within seconds, and a failing watch still costs
+/// the API server no more than a request a second.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// `kubewsgi controller`.
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -103,9 +111,6 @@ pub enum Error {
     /// The autoscaling policy or a metrics scrape failed.
     #[error("autoscaler: {0}")]
     Autoscaler(#[from] crate::autoscaler::Error),
-    /// Another replica took the leader Lease.
-    #[error("lost the leader lease")]
-    LeaseLost,
 }
 
 /// Result alias of the operator.
@@ -169,19 +174,12 @@ async fn run(args: ControllerArgs) -> Result<()> {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| client.default_namespace().to_string());
-        let mut e = leader::LeaderElector::new(
+        elector = Some(leader::LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &ns),
             args.lease_name.clone(),
             identity.clone(),
-        );
-        let mut stop = stop_rx.clone();
-        tokio::select! {
-            r = e.acquire() => r?,
-            _ = wait_true(&mut stop) => { server.abort(); return Ok(()); }
-        }
-        elector = Some(e);
+        ));
     }
-    metrics.leader.set(1);
 
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
@@ -198,7 +196,38 @@ async fn run(args: ControllerArgs) -> Result<()> {
         failures: Default::default(),
     });
 
-    // Leadership loss stops the controller like a signal does, and then fails the process.
+    // A replica that loses the Lease (e.g. the API server was away longer than the lease) stops
+    // reconciling and becomes a candidate again instead of exiting: it recovers by itself.
+    loop {
+        if let Some(e) = elector.as_mut() {
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                r = e.acquire() => r?,
+                _ = wait_true(&mut stop) => break,
+            }
+        }
+        let (returned, lost) = lead(&args, &client, &ctx, &stop_rx, elector.take()).await;
+        elector = returned;
+        if !lost || elector.is_none() || *stop_rx.borrow() {
+            break;
+        }
+        warn!("lost the leader lease: standing by until it can be taken again");
+    }
+    server.abort();
+    Ok(())
+}
+
+/// Runs the controller and the autoscaler while this replica leads: until a signal, or until the
+/// Lease held by `elector` is lost. Returns the elector and whether the Lease was lost.
+async fn lead(
+    args: &ControllerArgs,
+    client: &Client,
+    ctx: &Arc<reconcile::Context>,
+    stop_rx: &watch::Receiver<bool>,
+    elector: Option<leader::LeaderElector>,
+) -> (Option<leader::LeaderElector>, bool) {
+    let metrics = ctx.metrics.clone();
+    metrics.leader.set(1);
     let (lost_tx, lost_rx) = watch::channel(false);
     let holder = elector.map(|mut e| {
         let lost_tx = lost_tx.clone();
@@ -210,6 +239,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
                     if let Err(err) = e.release().await { warn!(error = %err, "releasing the lease failed"); }
                 }
             }
+            e
         })
     });
     let shutdown = {
@@ -241,15 +271,16 @@ async fn run(args: ControllerArgs) -> Result<()> {
         namespace = ns.unwrap_or("<all>"),
         "starting the WsgiApp controller"
     );
-    let controller = Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default())
-        .owns(api::<Deployment>(&client, ns), managed.clone())
-        .owns(api::<Service>(&client, ns), managed.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), managed.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, ns), managed)
-        .watches(api::<Pod>(&client, ns), pods, |pod| {
+    let controller = Controller::new(api::<WsgiApp>(client, ns), watcher::Config::default())
+        .owns(api::<Deployment>(client, ns), managed.clone())
+        .owns(api::<Service>(client, ns), managed.clone())
+        .owns(api::<PodDisruptionBudget>(client, ns), managed.clone())
+        .owns(api::<HorizontalPodAutoscaler>(client, ns), managed)
+        .watches(api::<Pod>(client, ns), pods, |pod| {
             let app = pod.labels().get(labels::APP)?;
             Some(ObjectRef::<WsgiApp>::new(app).within(&pod.namespace()?))
         })
+        .trigger_backoff(watch_backoff())
         .graceful_shutdown_on(shutdown.clone());
     let autoscaler = tokio::spawn(autoscale::run(
         client.clone(),
@@ -258,7 +289,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
         shutdown,
     ));
     let controller = controller
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller stream error");
@@ -271,14 +302,12 @@ async fn run(args: ControllerArgs) -> Result<()> {
     autoscaler.abort();
     info!("controller stopped");
     metrics.leader.set(0);
-    if let Some(h) = holder {
-        let _ = h.await;
-    }
-    server.abort();
-    if *lost_rx.borrow() {
-        return Err(Error::LeaseLost);
-    }
-    Ok(())
+    let elector = match holder {
+        Some(h) => h.await.ok(),
+        None => None,
+    };
+    let lost = *lost_rx.borrow();
+    (elector, lost)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -293,6 +322,18 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Exponential from 200 ms with jitter, capped at [`WATCH_BACKOFF_MAX`];
+/// the controller resets it on every event.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(WATCH_BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 /// Resolves once the flag is true (or its sender is gone).
