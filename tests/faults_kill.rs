@@ -12,26 +12,6 @@ use std::time::{Duration, Instant};
 
 use run_support::*;
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|x| x.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// One request on a keep-alive connection; the status, or None when the connection failed.
 fn request(r: &mut BufReader<TcpStream>, w: &mut TcpStream, req: &[u8]) -> Option<u16> {
     w.write_all(req).ok()?;

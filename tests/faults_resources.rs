@@ -16,20 +16,8 @@ fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let mut i = 0;
     while i < all.len() {
-        let parent = all[i];
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            // The command name may hold spaces; fields after its closing parenthesis are fixed.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|x| x.parse::<u32>().ok());
-            if ppid == Some(parent) && !all.contains(&p) {
+        for p in children(all[i]) {
+            if !all.contains(&p) {
                 all.push(p);
             }
         }

@@ -246,3 +246,25 @@ pub fn curl(args: &[&str]) -> (String, bool) {
 pub fn probe_dir() -> PathBuf {
     root().join("tests/apps/proxy_probe")
 }
+
+/// Direct children of `pid`, from `/proc`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces; fields after its closing parenthesis are fixed.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
