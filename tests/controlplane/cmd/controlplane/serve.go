@@ -56,6 +56,8 @@ func serve(args []string) int {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	}
+	// A first line before any work: a log that stays empty then means the process never ran.
+	fmt.Fprintf(os.Stderr, "controlplane: serving %s (pid %d)\n", abs, os.Getpid())
 	if err := run(abs, *full, *owner, *reuse); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
@@ -80,6 +82,7 @@ func run(dir string, full bool, owner int, reuse bool) error {
 		return err
 	}
 	defer closeEtcd(etcd)
+	fmt.Fprintf(os.Stderr, "controlplane: etcd ready at %s; starting kube-apiserver on port %d\n", etcdURL, apiPort)
 
 	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
