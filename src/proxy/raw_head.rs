@@ -2,21 +2,19 @@
 //!
 //! - A head that stops arriving: hyper enforces `--client-timeout` but closes without a word.
 //!   Counting bytes tells a half-sent head (answer 408) from an idle keep-alive connection
-//!   (close quietly, as nginx does); the 408 goes through a duplicate of the socket because
-//!   hyper owns the stream until it gives up.
+//!   (close quietly, as nginx does). hyper owns the stream until it gives up, then drops it; the
+//!   wrapper hands the stream back on drop, so the 408 can be written on it, encrypted over TLS.
 //! - Both `Content-Length` and `Transfer-Encoding`: hyper follows RFC 9112 (chunked wins, the
 //!   connection closes) and drops the Content-Length before the service sees the request. Such
 //!   requests are refused instead, so they never reach the app; the head bytes are kept for that.
 
-use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Longest lingering close, and longest silence during it (nginx's defaults are 30 s and 5 s).
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
@@ -84,60 +82,82 @@ pub fn length_and_chunked(bytes: &[u8]) -> bool {
     cl && te
 }
 
-/// A stream recording what it reads into a [`Progress`].
+/// A stream recording what it reads into a [`Progress`], and handing itself back to a
+/// [`Reclaim`] when dropped.
 pub struct Watched<T> {
-    inner: T,
+    inner: Option<T>,
     progress: Arc<Progress>,
+    back: Arc<Mutex<Option<T>>>,
+}
+
+/// Where a dropped [`Watched`] leaves its stream.
+pub struct Reclaim<T>(Arc<Mutex<Option<T>>>);
+
+impl<T> Reclaim<T> {
+    /// The stream, once its [`Watched`] wrapper is gone.
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 impl<T> Watched<T> {
     /// Wraps `inner`.
-    pub fn new(inner: T) -> (Self, Arc<Progress>) {
+    pub fn new(inner: T) -> (Self, Arc<Progress>, Reclaim<T>) {
         let progress = Arc::new(Progress::default());
-        (
-            Self {
-                inner,
-                progress: progress.clone(),
-            },
-            progress,
-        )
+        let back = Arc::new(Mutex::new(None));
+        let w = Self {
+            inner: Some(inner),
+            progress: progress.clone(),
+            back: back.clone(),
+        };
+        (w, progress, Reclaim(back))
+    }
+
+    fn inner(&mut self) -> io::Result<&mut T> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
-/// A duplicate of the socket, to answer 408 after hyper has given the stream up.
-pub fn duplicate(s: &TcpStream) -> io::Result<std::net::TcpStream> {
-    Ok(std::net::TcpStream::from(s.as_fd().try_clone_to_owned()?))
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        if let (Some(s), Ok(mut back)) = (self.inner.take(), self.back.lock()) {
+            *back = Some(s);
+        }
+    }
 }
 
-/// Writes a 408 on a (non-blocking) socket; best effort, never blocks.
-pub fn send_408(mut s: &std::net::TcpStream) {
+/// Answers 408 on a stream whose request head stopped arriving; best effort, bounded.
+pub async fn send_408<S: AsyncWrite + Unpin>(s: &mut S) {
     const BODY: &str = "408 Request Timeout: request head not received in time\n";
     let resp = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let _ = s.write_all(resp.as_bytes());
+    let write = async {
+        s.write_all(resp.as_bytes()).await?;
+        s.flush().await
+    };
+    let _ = tokio::time::timeout(LINGER_IDLE, write).await;
 }
 
-/// Closes like nginx's lingering close: FIN first, then read and discard what the client still
-/// sends (a refused body) for a few seconds, so the kernel does not answer it with a reset that
-/// could destroy the response before the client has read it.
-pub async fn linger(s: std::net::TcpStream) {
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    let Ok(s) = tokio::net::TcpStream::from_std(s) else {
+/// Closes like nginx's lingering close: FIN (after TLS close_notify) first, then read and discard
+/// what the client still sends (a refused body) for a few seconds, so the kernel does not answer
+/// it with a reset that could destroy the response before the client has read it.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    if !matches!(
+        tokio::time::timeout(LINGER_IDLE, s.shutdown()).await,
+        Ok(Ok(()))
+    ) {
         return;
-    };
+    }
     let deadline = tokio::time::Instant::now() + LINGER_TIME;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let until = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
-        match tokio::time::timeout_at(until, s.readable()).await {
-            Ok(Ok(())) => match s.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            },
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
     }
@@ -151,7 +171,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = Pin::new(this.inner()?).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.progress.record(&buf.filled()[before..]);
         }
@@ -165,7 +185,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        Pin::new(self.get_mut().inner()?).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -173,19 +193,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.get_mut().inner()?).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        Pin::new(self.get_mut().inner()?).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(self.get_mut().inner()?).poll_shutdown(cx)
     }
 }
 

@@ -60,6 +60,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
     let scheme = if tls.is_some() { "https" } else { "http" };
+    warn_if_files_short(shared.opts.max_connections);
     loop {
         // Past the connection limit, new clients wait in the kernel's listen backlog.
         let permit = tokio::select! {
@@ -79,20 +80,20 @@ pub async fn serve(
             _ = until_true(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builders, shared, tls, watcher) = (
-            builders.clone(),
-            shared.clone(),
-            tls.clone(),
-            graceful.watcher(),
-        );
+        let conn = Conn {
+            b: builders.clone(),
+            shared: shared.clone(),
+            peer: Peer { addr, scheme },
+            watcher: graceful.watcher(),
+            shutdown: shutdown.clone(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let shared = conn.shared.clone();
             shared.metrics.connections.inc();
-            let peer = Peer { addr, scheme };
             match tls {
-                None => plain(&builders, stream, shared.clone(), peer, watcher).await,
-                Some(acceptor) => {
-                    secure(&builders, &acceptor, stream, shared.clone(), peer, watcher).await
-                }
+                None => plain(conn, stream).await,
+                Some(acceptor) => secure(conn, &acceptor, stream).await,
             }
             shared.metrics.connections.dec();
             drop(permit);
@@ -109,6 +110,16 @@ pub async fn serve(
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+/// What serving one client connection needs.
+struct Conn {
+    b: Arc<Builders>,
+    shared: Arc<Shared>,
+    peer: Peer,
+    /// Held until the connection is done, so the drain waits for it.
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Outcome of looking at the first bytes of a plaintext connection.
@@ -145,50 +156,32 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     }
 }
 
-async fn plain(b: &Builders, stream: TcpStream, shared: Arc<Shared>, peer: Peer, watcher: Watcher) {
-    match detect(&stream, shared.opts.client_timeout).await {
+async fn plain(conn: Conn, mut stream: TcpStream) {
+    match detect(&stream, conn.shared.opts.client_timeout).await {
         Detected::Nothing => {}
         Detected::Stalled => {
-            if let Ok(s) = stream.into_std() {
-                raw_head::send_408(&s);
-                raw_head::linger(s).await;
-            }
+            raw_head::send_408(&mut stream).await;
+            raw_head::linger(stream).await;
         }
-        Detected::H2 => h2(b, stream, shared, peer, watcher).await,
-        Detected::H1 => {
-            let dup = raw_head::duplicate(&stream);
-            let (io, progress) = Watched::new(stream);
-            let head_timeout = h1(b, io, shared, peer, watcher, progress.clone()).await;
-            if let Ok(dup) = dup {
-                if head_timeout && progress.mid_request() {
-                    raw_head::send_408(&dup);
-                }
-                raw_head::linger(dup).await;
-            }
-        }
+        Detected::H2 => h2(conn, stream).await,
+        Detected::H1 => h1(conn, stream).await,
     }
 }
 
-async fn secure(
-    b: &Builders,
-    acceptor: &TlsAcceptor,
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    peer: Peer,
-    watcher: Watcher,
-) {
-    let tls = match tokio::time::timeout(shared.opts.client_timeout, acceptor.accept(stream)).await
-    {
+/// TLS: the handshake is bounded by `--client-timeout` like a request head, so a client that
+/// connects and never finishes it does not hold a connection slot.
+async fn secure(conn: Conn, acceptor: &TlsAcceptor, stream: TcpStream) {
+    let addr = conn.peer.addr;
+    let timeout = conn.shared.opts.client_timeout;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::debug!(addr = %peer.addr, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(addr = %peer.addr, "TLS handshake timed out"),
+        Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%addr, "TLS handshake timed out"),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        h2(b, tls, shared, peer, watcher).await;
+        h2(conn, tls).await;
     } else {
-        // No 408 over TLS: it would have to be encrypted by the stream hyper owns.
-        let (io, progress) = Watched::new(tls);
-        h1(b, io, shared, peer, watcher, progress).await;
+        h1(conn, tls).await;
     }
 }
 
@@ -224,42 +217,153 @@ fn service(
     })
 }
 
-/// Serves HTTP/1.1; true when the connection ended because a request head did not arrive in time.
-async fn h1<I>(
-    b: &Builders,
-    io: I,
-    shared: Arc<Shared>,
-    peer: Peer,
-    watcher: Watcher,
-    progress: Arc<Progress>,
-) -> bool
+/// Serves HTTP/1.1. A request head that stopped arriving gets 408 on the stream hyper hands back
+/// (encrypted over TLS); every connection ends with a lingering close.
+async fn h1<I>(c: Conn, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn =
-        b.h1.serve_connection(TokioIo::new(io), service(shared, peer, Some(progress)));
-    match watcher.watch(conn).await {
+    let addr = c.peer.addr;
+    let (io, progress, reclaim) = Watched::new(io);
+    let svc = service(c.shared, c.peer, Some(progress.clone()));
+    let conn = c.b.h1.serve_connection(TokioIo::new(io), svc);
+    // Bound to a name so the connection, and with it the stream, is dropped here.
+    let ended = c.watcher.watch(conn).await;
+    let head_timeout = match ended {
         Ok(()) => false,
         Err(e) => {
-            tracing::debug!(addr = %peer.addr, error = %e, "connection ended with an error");
+            tracing::debug!(%addr, error = %e, "connection ended with an error");
             e.is_timeout()
+        }
+    };
+    if let Some(mut stream) = reclaim.take() {
+        if head_timeout && progress.mid_request() {
+            raw_head::send_408(&mut stream).await;
+        }
+        raw_head::linger(stream).await;
+    }
+}
+
+/// Serves HTTP/2. hyper bounds nothing on an HTTP/2 connection without streams (a silent client,
+/// half a preface, a header block never finished), so one with no stream open for
+/// `--client-timeout` is sent GOAWAY, and closed if it does not end within a short grace.
+async fn h2<I>(c: Conn, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        b,
+        shared,
+        peer,
+        watcher,
+        mut shutdown,
+    } = c;
+    let timeout = shared.opts.client_timeout;
+    let streams = Arc::new(watch::Sender::new(0usize));
+    let svc = {
+        let streams = streams.clone();
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (shared, open) = (shared.clone(), OpenStream::new(&streams));
+            async move {
+                let resp = handler::handle(shared, peer, req).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _open: open }))
+            }
+        })
+    };
+    let conn = b.h2.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let mut idle_rx = streams.subscribe();
+    let mut closing: Option<tokio::time::Instant> = None;
+    let ended = loop {
+        let grace = closing.unwrap_or_else(far_future);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = until_true(&mut shutdown), if closing.is_none() => {
+                // The drain bounds this connection with `--drain-timeout`.
+                conn.as_mut().graceful_shutdown();
+                closing = Some(far_future());
+            }
+            _ = idle(&mut idle_rx, timeout), if closing.is_none() => {
+                tracing::debug!(addr = %peer.addr, "h2 connection idle; closing");
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + H2_CLOSE_GRACE);
+            }
+            _ = tokio::time::sleep_until(grace), if closing.is_some() => {
+                break Ok(());
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(addr = %peer.addr, error = %e, "h2 connection ended with an error");
+    }
+    drop(watcher);
+}
+
+/// How long an idle HTTP/2 connection gets to end after GOAWAY (its client answers a PING).
+const H2_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Resolves once no stream has been open for `timeout`.
+async fn idle(rx: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if rx.wait_for(|&n| n == 0).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(timeout, rx.changed()).await.is_err() {
+            return;
         }
     }
 }
 
-async fn h2<I>(b: &Builders, io: I, shared: Arc<Shared>, peer: Peer, watcher: Watcher)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn =
-        b.h2.serve_connection(TokioIo::new(io), service(shared, peer, None));
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(addr = %peer.addr, error = %e, "h2 connection ended with an error");
+/// One HTTP/2 stream being served: counted from its request until its response body is gone.
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(streams: &Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|n| *n += 1);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its stream counted as open.
+struct Tracked<B> {
+    body: B,
+    _open: OpenStream,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
 /// Binds a listener with a large backlog (bursts of connections wait there, not in SYN retries).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(raise_open_files_limit);
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -273,4 +377,61 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Resolves once the flag turns true (or its sender is gone).
 pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|&d| d).await;
+}
+
+/// Raises the soft limit on open files to the hard one, as nginx (`worker_rlimit_nofile`) and
+/// Go's runtime do: every client connection is a descriptor, and the usual soft limit of 1024
+/// would refuse connections long before `--max-connections`.
+pub fn raise_open_files_limit() {
+    let Some((soft, hard)) = open_files_limit() else {
+        return;
+    };
+    // An unlimited hard limit cannot be the soft one: the kernel caps it at fs.nr_open.
+    let target = if hard == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    if soft < target {
+        let lim = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit(2) with a valid, initialised struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
+        }
+    }
+    if let Some((soft, hard)) = open_files_limit() {
+        tracing::info!(soft, hard, "open file limit");
+    }
+}
+
+/// (soft, hard) RLIMIT_NOFILE.
+fn open_files_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
+        .then_some((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Says so when `--max-connections` cannot be reached within the open file limit (each
+/// connection is one descriptor; the rest of the process needs some too).
+fn warn_if_files_short(max_connections: usize) {
+    if let Some((soft, _)) = open_files_limit()
+        && (max_connections as u64).saturating_add(256) > soft
+    {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            "--max-connections is above what the open file limit allows; accepts past it fail"
+        );
+    }
 }
