@@ -1,14 +1,23 @@
-//! Access log on stdout, combined or JSON. Lines go through a channel to one writer thread that
-//! flushes when it runs out of lines, so logging never blocks a request on a write syscall.
+//! Access log on stdout, combined or JSON. Requests append their line to a shared buffer; one
+//! writer thread empties it a few milliseconds after it stops being empty, so under load one
+//! wake-up and one write(2) carry hundreds of lines and no request ever waits on stdout.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, Method, Version};
+use http::{HeaderValue, Method, Version};
 
 use super::config::AccessLog;
+
+/// How long the writer lets lines gather after the first one arrives.
+const GATHER: Duration = Duration::from_millis(20);
+/// Lines beyond this many buffered bytes (stdout blocked) are dropped and counted.
+const MAX_BUFFERED: usize = 8 << 20;
 
 /// What is logged about one request.
 pub struct Entry<'a> {
@@ -18,15 +27,50 @@ pub struct Entry<'a> {
     pub version: Version,
     pub status: u16,
     pub bytes: u64,
-    pub headers: &'a HeaderMap,
+    pub referer: Option<&'a HeaderValue>,
+    pub user_agent: Option<&'a HeaderValue>,
+    pub host: Option<&'a HeaderValue>,
     pub duration: Duration,
 }
 
-/// Sends access log lines to the writer thread.
+/// Appends access log lines to the buffer the writer thread empties.
 #[derive(Clone)]
 pub struct AccessLogger {
     format: AccessLog,
-    tx: mpsc::Sender<String>,
+    shared: Arc<Buffer>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    lines: Mutex<Vec<u8>>,
+    filled: Condvar,
+    dropped: AtomicU64,
+    /// Serialises writes to stdout between the writer thread and [`AccessLogger::flush`].
+    out: Mutex<()>,
+}
+
+impl Buffer {
+    /// Writes whatever is buffered; `spare` is reused as the next buffer.
+    fn write_out(&self, spare: &mut Vec<u8>) {
+        let _out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *lines, spare);
+        }
+        if !spare.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(spare);
+            let _ = stdout.flush();
+            spare.clear();
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "stdout is not keeping up: access log lines dropped"
+            );
+        }
+    }
 }
 
 impl AccessLogger {
@@ -35,106 +79,165 @@ impl AccessLogger {
         if format == AccessLog::Off {
             return None;
         }
-        let (tx, rx) = mpsc::channel::<String>();
+        let shared = Arc::new(Buffer::default());
+        let buf = shared.clone();
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                // Stdout is locked per flush only: others (the `run` banner) print there too.
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = out.write_all(line.as_bytes());
+                let mut spare = Vec::with_capacity(64 * 1024);
+                loop {
+                    {
+                        let lines = buf.lines.lock().unwrap_or_else(|e| e.into_inner());
+                        let _lines = buf
+                            .filled
+                            .wait_while(lines, |l| l.is_empty())
+                            .unwrap_or_else(|e| e.into_inner());
                     }
-                    let _ = out.flush();
+                    std::thread::sleep(GATHER);
+                    buf.write_out(&mut spare);
                 }
             })
             .ok()?;
-        Some(Self { format, tx })
+        Some(Self { format, shared })
     }
 
     /// Logs one request.
     pub fn log(&self, e: &Entry<'_>) {
-        let _ = self
-            .tx
-            .send(format_line(self.format, e, chrono::Local::now()));
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            format_line(line, self.format, e, SystemTime::now());
+            let mut lines = self.shared.lines.lock().unwrap_or_else(|e| e.into_inner());
+            if lines.len() + line.len() > MAX_BUFFERED {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let was_empty = lines.is_empty();
+            lines.extend_from_slice(line.as_bytes());
+            drop(lines);
+            // Only the first line after a write wakes the writer; the rest just append.
+            if was_empty {
+                self.shared.filled.notify_one();
+            }
+        });
+    }
+
+    /// Writes every buffered line now (on shutdown).
+    pub fn flush(&self) {
+        self.shared.write_out(&mut Vec::new());
     }
 }
 
-fn header(h: &HeaderMap, name: http::header::HeaderName) -> &str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+thread_local! {
+    /// The line being formatted, reused across requests of a runtime thread.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    /// The formatted timestamp of the current second (the unix second and its text).
+    static CLOCK: RefCell<Clock> = RefCell::new(Clock::default());
 }
 
-fn format_line(format: AccessLog, e: &Entry<'_>, now: chrono::DateTime<chrono::Local>) -> String {
-    let referer = header(e.headers, http::header::REFERER);
-    let agent = header(e.headers, http::header::USER_AGENT);
-    match format {
-        AccessLog::Json => {
-            let mut line = serde_json::json!({
-                "time": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
-                "remote_addr": e.peer.to_canonical().to_string(),
-                "method": e.method.as_str(),
-                "uri": e.target,
-                "protocol": format!("{:?}", e.version),
-                "status": e.status,
-                "bytes": e.bytes,
-                "duration_ms": (e.duration.as_secs_f64() * 1e6).round() / 1e3,
-                "referer": referer,
-                "user_agent": agent,
-                "host": header(e.headers, http::header::HOST),
-            })
-            .to_string();
-            line.push('\n');
-            line
+/// Timestamps formatted once per second: the date, time and offset do not change within it.
+#[derive(Default)]
+struct Clock {
+    second: Option<u64>,
+    /// `25/Nov/2026:18:09:14 +0000`
+    combined: String,
+    /// `2026-11-25T18:09:14` and `+00:00`, the milliseconds go between.
+    iso: String,
+    offset: String,
+}
+
+impl Clock {
+    fn at(&mut self, now: SystemTime) -> u32 {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.second != Some(second) {
+            let t: chrono::DateTime<chrono::Local> =
+                (UNIX_EPOCH + Duration::from_secs(second)).into();
+            self.combined.clear();
+            let _ = write!(self.combined, "{}", t.format("%d/%b/%Y:%H:%M:%S %z"));
+            self.iso.clear();
+            let _ = write!(self.iso, "{}", t.format("%Y-%m-%dT%H:%M:%S"));
+            self.offset.clear();
+            let _ = write!(self.offset, "{}", t.format("%:z"));
+            self.second = Some(second);
         }
-        _ => {
-            let dash = |s: &str| {
-                if s.is_empty() {
-                    "-".to_string()
-                } else {
-                    escape(s)
-                }
-            };
-            format!(
-                "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {:.3}\n",
-                e.peer.to_canonical(),
-                now.format("%d/%b/%Y:%H:%M:%S %z"),
-                e.method,
-                escape(e.target),
-                e.version,
-                e.status,
-                e.bytes,
-                dash(referer),
-                dash(agent),
-                e.duration.as_secs_f64(),
-            )
+        since.subsec_millis()
+    }
+}
+
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn format_line(out: &mut String, format: AccessLog, e: &Entry<'_>, now: SystemTime) {
+    let referer = text(e.referer);
+    let agent = text(e.user_agent);
+    CLOCK.with_borrow_mut(|clock| {
+        let millis = clock.at(now);
+        match format {
+            AccessLog::Json => {
+                let line = serde_json::json!({
+                    "time": format!("{}.{millis:03}{}", clock.iso, clock.offset),
+                    "remote_addr": e.peer.to_canonical().to_string(),
+                    "method": e.method.as_str(),
+                    "uri": e.target,
+                    "protocol": format!("{:?}", e.version),
+                    "status": e.status,
+                    "bytes": e.bytes,
+                    "duration_ms": (e.duration.as_secs_f64() * 1e6).round() / 1e3,
+                    "referer": referer,
+                    "user_agent": agent,
+                    "host": text(e.host),
+                });
+                let _ = write!(out, "{line}");
+            }
+            _ => {
+                let _ = write!(
+                    out,
+                    "{} - - [{}] \"{} ",
+                    e.peer.to_canonical(),
+                    clock.combined,
+                    e.method
+                );
+                push_escaped(out, e.target);
+                let _ = write!(out, " {:?}\" {} {} \"", e.version, e.status, e.bytes);
+                push_field(out, referer);
+                out.push_str("\" \"");
+                push_field(out, agent);
+                let _ = write!(out, "\" {:.3}", e.duration.as_secs_f64());
+            }
         }
+        out.push('\n');
+    });
+}
+
+/// A quoted field: `-` when empty.
+fn push_field(out: &mut String, s: &str) {
+    if s.is_empty() {
+        out.push('-');
+    } else {
+        push_escaped(out, s);
     }
 }
 
 /// Keeps a log line one line and its quoted fields unambiguous.
-fn escape(s: &str) -> String {
-    if !s
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
-    {
-        return s.to_string();
+fn push_escaped(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+        }
     }
-    s.bytes()
-        .map(|b| match b {
-            b'"' => "\\\"".to_string(),
-            b'\\' => "\\\\".to_string(),
-            0x20..=0x7e => (b as char).to_string(),
-            _ => format!("\\x{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry<'a>(h: &'a HeaderMap, m: &'a Method) -> Entry<'a> {
+    fn entry<'a>(ua: &'a HeaderValue, m: &'a Method) -> Entry<'a> {
         Entry {
             peer: "127.0.0.1".parse().unwrap(),
             method: m,
@@ -142,30 +245,60 @@ mod tests {
             version: Version::HTTP_11,
             status: 200,
             bytes: 12,
-            headers: h,
+            referer: None,
+            user_agent: Some(ua),
+            host: None,
             duration: Duration::from_millis(1500),
         }
     }
 
+    fn line(format: AccessLog, e: &Entry<'_>, now: SystemTime) -> String {
+        let mut out = String::new();
+        format_line(&mut out, format, e, now);
+        out
+    }
+
     #[test]
     fn combined_and_json() {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::USER_AGENT, "curl/8".parse().unwrap());
-        let now = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&chrono::Local);
-        let line = format_line(AccessLog::Combined, &entry(&h, &Method::GET), now);
-        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        let ua = HeaderValue::from_static("curl/8");
+        let now = UNIX_EPOCH + Duration::from_millis(1_767_323_045_250);
+        let l = line(AccessLog::Combined, &entry(&ua, &Method::GET), now);
+        assert!(l.starts_with("127.0.0.1 - - ["), "{l}");
         assert!(
-            line.ends_with("] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 12 \"-\" \"curl/8\" 1.500\n"),
-            "{line}"
+            l.ends_with("] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 12 \"-\" \"curl/8\" 1.500\n"),
+            "{l}"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&format_line(AccessLog::Json, &entry(&h, &Method::GET), now))
-                .unwrap();
+            serde_json::from_str(&line(AccessLog::Json, &entry(&ua, &Method::GET), now)).unwrap();
         assert_eq!(json["status"], 200);
         assert_eq!(json["uri"], "/a?b=\"c\"");
         assert_eq!(json["user_agent"], "curl/8");
         assert_eq!(json["duration_ms"], 1500.0);
+    }
+
+    #[test]
+    fn cached_timestamps_match_the_clock_across_seconds() {
+        let ua = HeaderValue::from_static("x");
+        for ms in [1_767_323_045_250u64, 1_767_323_045_999, 1_767_323_046_001] {
+            let now = UNIX_EPOCH + Duration::from_millis(ms);
+            let t: chrono::DateTime<chrono::Local> = now.into();
+            let l = line(AccessLog::Combined, &entry(&ua, &Method::GET), now);
+            let want = t.format("[%d/%b/%Y:%H:%M:%S %z]").to_string();
+            assert!(l.contains(&want), "{l} lacks {want}");
+            let json: serde_json::Value =
+                serde_json::from_str(&line(AccessLog::Json, &entry(&ua, &Method::GET), now))
+                    .unwrap();
+            assert_eq!(
+                json["time"],
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+            );
+        }
+    }
+
+    #[test]
+    fn control_bytes_are_escaped() {
+        let mut out = String::new();
+        push_escaped(&mut out, "a\"b\\c\u{7f}\n");
+        assert_eq!(out, "a\\\"b\\\\c\\x7F\\x0A");
     }
 }

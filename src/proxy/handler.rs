@@ -82,20 +82,21 @@ pub async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let version = req.version();
+    // What the log needs of the request, kept before the request is consumed (cheap clones of
+    // shared bytes, not a copy of the header map).
     let log = shared.access_log.as_ref().map(|_| {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        (target, req.headers().clone())
+        let h = req.headers();
+        (
+            req.uri().clone(),
+            [header::REFERER, header::USER_AGENT, header::HOST].map(|n| h.get(n).cloned()),
+        )
     });
     let resp = route(&shared, peer, req).await;
     let elapsed = start.elapsed();
     shared
         .metrics
         .observe(&method, resp.status().as_u16(), elapsed.as_secs_f64());
-    if let (Some(logger), Some((target, headers))) = (&shared.access_log, log) {
+    if let (Some(logger), Some((uri, [referer, user_agent, host]))) = (&shared.access_log, log) {
         let bytes = resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -105,11 +106,13 @@ pub async fn handle(
         logger.log(&Entry {
             peer: peer.addr.ip(),
             method: &method,
-            target: &target,
+            target: uri.path_and_query().map_or("/", |p| p.as_str()),
             version,
             status: resp.status().as_u16(),
             bytes,
-            headers: &headers,
+            referer: referer.as_ref(),
+            user_agent: user_agent.as_ref(),
+            host: host.as_ref(),
             duration: elapsed,
         });
     }

@@ -195,6 +195,9 @@ impl Running {
         self.set_draining();
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        if let Some(log) = &self.shared.access_log {
+            log.flush();
+        }
         if let Some(a) = self.admin {
             a.abort();
         }
