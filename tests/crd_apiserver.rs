@@ -115,7 +115,21 @@ fn the_api_server_validates_wsgiapps() {
         );
     }
 
+    // The name becomes the Service's name and a label value: a DNS subdomain that is not a
+    // 63-character DNS-1035 label is refused before anything is created for it.
+    let long = format!("a{}", "b".repeat(63));
+    for name in [long.as_str(), "my.app", "1app"] {
+        let (ok, out) = apply(&cp, name, "{image: i, app: 'x:y'}");
+        assert!(!ok, "name {name} was accepted: {out}");
+        assert!(
+            out.contains("metadata.name must be a DNS-1035 label"),
+            "refusal of name {name} does not say why: {out}"
+        );
+    }
+    let longest = format!("a{}", "b".repeat(62));
+
     for (name, spec) in [
+        (longest.as_str(), "{image: i, app: 'x:y'}"),
         (
             "module",
             "{image: 'reg.example/app:1', app: 'mysite.wsgi:application'}",

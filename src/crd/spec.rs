@@ -28,6 +28,9 @@ pub const SIZE_PATTERN: &str = r"^[0-9]+([kKmMgG][bB]?)?$";
     namespaced,
     status = "WsgiAppStatus",
     derive = "PartialEq",
+    // The name is also the name of the Service (a DNS-1035 label) and a label value (63
+    // characters at most): refuse at admission what could never be reconciled.
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 63 characters (lowercase letters, digits and '-', starting with a letter): it names the app's Service and labels"),
     doc = "A Python WSGI app run by kubewsgi: a Deployment of pods with the front proxy and the worker server, a Service, and queue-depth autoscaling.",
     scale(
         spec_replicas_path = ".spec.replicas",
