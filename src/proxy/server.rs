@@ -163,8 +163,10 @@ async fn plain(conn: Conn, mut stream: TcpStream) {
             raw_head::send_408(&mut stream).await;
             raw_head::linger(stream).await;
         }
-        Detected::H2 => h2(conn, stream).await,
-        Detected::H1 => h1(conn, stream).await,
+        // Boxed: a connection still being looked at (most idle ones) then holds a small task
+        // rather than one sized for a whole hyper connection.
+        Detected::H2 => Box::pin(h2(conn, stream)).await,
+        Detected::H1 => Box::pin(h1(conn, stream)).await,
     }
 }
 
@@ -173,15 +175,15 @@ async fn plain(conn: Conn, mut stream: TcpStream) {
 async fn secure(conn: Conn, acceptor: &TlsAcceptor, stream: TcpStream) {
     let addr = conn.peer.addr;
     let timeout = conn.shared.opts.client_timeout;
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%addr, "TLS handshake timed out"),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        h2(conn, tls).await;
+        Box::pin(h2(conn, tls)).await;
     } else {
-        h1(conn, tls).await;
+        Box::pin(h1(conn, tls)).await;
     }
 }
 
