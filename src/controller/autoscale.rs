@@ -1,5 +1,6 @@
 //! The builtin autoscaler loop: every tick, scrape the ready pods of each WsgiApp whose
-//! `autoscaling` is enabled in mode `builtin`, feed [`crate::autoscaler::Autoscaler`], and write the
+//! `autoscaling` is enabled in mode `builtin` (apps side by side, pods and Deployments read from the
+//! controller's watch stores), feed [`crate::autoscaler::Autoscaler`], and write the
 //! Deployment's replicas (field manager [`scale::AUTOSCALER_FIELD_MANAGER`]) and the status fields
 //! `desiredReplicas`, `queueDepth`, `concurrency`, `lastScaleTime`.
 
@@ -8,13 +9,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::future::Future;
@@ -29,14 +31,37 @@ const TICK: Duration = Duration::from_secs(2);
 /// A pod that does not answer its scrape within this is left out of the tick.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Runs the loop over the WsgiApps in `store` until `stop` turns true.
+/// What the loop reads each tick, kept current by the controller's watches.
+pub struct Stores {
+    pub apps: Store<WsgiApp>,
+    pub deployments: Store<Deployment>,
+    /// Pods carrying the [`labels::APP`] label.
+    pub pods: Store<Pod>,
+}
+
+/// Apps ticked at once: a tick mostly waits on its pods' scrapes, so many fit in one 2 s tick.
+const CONCURRENT_APPS: usize = 32;
+
+/// Runs the loop over the WsgiApps in `stores` until `stop` turns true.
 pub async fn run(
     client: Client,
-    store: Store<WsgiApp>,
+    stores: Stores,
     recorder: Recorder,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    // Before the first list a store is empty, which would read as "no pods ready".
+    let ready = async {
+        let _ = futures_util::join!(
+            stores.apps.wait_until_ready(),
+            stores.deployments.wait_until_ready(),
+            stores.pods.wait_until_ready()
+        );
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = &mut stop => return,
+    }
     let scraper = Scraper::new();
     let mut states: HashMap<String, Autoscaler> = HashMap::new();
     let mut ticker = tokio::time::interval(TICK);
@@ -46,22 +71,50 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = &mut stop => return,
         }
-        let apps: Vec<Arc<WsgiApp>> = store
+        let apps: Vec<Arc<WsgiApp>> = stores
+            .apps
             .state()
             .into_iter()
             .filter(|a| scale::builtin_owns_replicas(a))
             .collect();
         let keys: Vec<String> = apps.iter().map(|a| key(a)).collect();
         states.retain(|k, _| keys.contains(k));
-        for app in apps {
-            let span = info_span!("autoscale", namespace = app.namespace().unwrap_or_default(), name = %app.name_any());
-            if let Err(e) = tick(&client, &scraper, &recorder, &mut states, &app)
-                .instrument(span)
-                .await
-            {
-                warn!(namespace = app.namespace().unwrap_or_default(), name = %app.name_any(), error = %e, "autoscaling tick failed");
+        let mut pods_of: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        for p in stores.pods.state() {
+            if let Some(app) = p.labels().get(labels::APP) {
+                let k = format!("{}/{app}", p.namespace().unwrap_or_default());
+                pods_of.entry(k).or_default().push(p);
             }
         }
+        let jobs: Vec<_> = apps
+            .into_iter()
+            .map(|app| {
+                let k = key(&app);
+                let deployment = stores.deployments.get(
+                    &ObjectRef::new(&app.name_any()).within(&app.namespace().unwrap_or_default()),
+                );
+                let pods = pods_of.remove(&k).unwrap_or_default();
+                let scaler = states.remove(&k);
+                (app, k, deployment, pods, scaler)
+            })
+            .collect();
+        let (client, scraper, recorder) = (&client, &scraper, &recorder);
+        let done: Vec<(String, Option<Autoscaler>)> = futures_util::stream::iter(jobs)
+            .map(|(app, k, deployment, pods, mut scaler)| {
+                let span = info_span!("autoscale", namespace = app.namespace().unwrap_or_default(), name = %app.name_any());
+                async move {
+                    let seen = Seen { deployment, pods };
+                    if let Err(e) = tick(client, scraper, recorder, &mut scaler, &app, seen).await {
+                        warn!(error = %e, "autoscaling tick failed");
+                    }
+                    (k, scaler)
+                }
+                .instrument(span)
+            })
+            .buffer_unordered(CONCURRENT_APPS)
+            .collect()
+            .await;
+        states.extend(done.into_iter().filter_map(|(k, s)| Some((k, s?))));
     }
 }
 
@@ -69,38 +122,42 @@ fn key(app: &WsgiApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
+/// An app's Deployment and pods as the stores hold them at the start of a tick.
+struct Seen {
+    deployment: Option<Arc<Deployment>>,
+    pods: Vec<Arc<Pod>>,
+}
+
 async fn tick(
     client: &Client,
     scraper: &Scraper,
     recorder: &Recorder,
-    states: &mut HashMap<String, Autoscaler>,
+    slot: &mut Option<Autoscaler>,
     app: &WsgiApp,
+    seen: Seen,
 ) -> Result<()> {
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let policy = Policy::try_from(&app.spec.autoscaling)?;
-    let scaler = match states.entry(key(app)) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(Autoscaler::new(policy.clone())?),
+    let scaler = match slot {
+        Some(s) => s,
+        None => slot.insert(Autoscaler::new(policy.clone())?),
     };
     if *scaler.policy() != policy {
         scaler.set_policy(policy)?;
     }
 
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    let Some(deployment) = deployments.get_opt(&name).await? else {
+    let Some(deployment) = seen.deployment else {
         return Ok(());
     };
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let current = deployment
         .spec
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(1)
         .max(0) as u32;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&labels::selector_string(&name)))
-        .await?;
-    let targets: Vec<ScrapeTarget> = pods.items.iter().filter_map(scrape_target).collect();
+    let targets: Vec<ScrapeTarget> = seen.pods.iter().filter_map(|p| scrape_target(p)).collect();
     let samples = scraper.scrape_pods(&targets, SCRAPE_TIMEOUT).await;
     let now = Instant::now();
     let ready = targets.len() as u32;

@@ -31,8 +31,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -271,20 +271,30 @@ async fn lead(
         namespace = ns.unwrap_or("<all>"),
         "starting the WsgiApp controller"
     );
+    // Deployments and pods are watched once and kept in stores the autoscaler reads every tick,
+    // so a tick costs the API server nothing but the writes it decides on.
+    let (deployments, deployment_stream) =
+        reflected(api::<Deployment>(client, ns), managed.clone());
+    let (pod_store, pod_stream) = reflected(api::<Pod>(client, ns), pods);
     let controller = Controller::new(api::<WsgiApp>(client, ns), watcher::Config::default())
-        .owns(api::<Deployment>(client, ns), managed.clone())
+        .owns_stream(deployment_stream)
         .owns(api::<Service>(client, ns), managed.clone())
         .owns(api::<PodDisruptionBudget>(client, ns), managed.clone())
         .owns(api::<HorizontalPodAutoscaler>(client, ns), managed)
-        .watches(api::<Pod>(client, ns), pods, |pod| {
+        .watches_stream(pod_stream, |pod| {
             let app = pod.labels().get(labels::APP)?;
             Some(ObjectRef::<WsgiApp>::new(app).within(&pod.namespace()?))
         })
         .trigger_backoff(watch_backoff())
         .graceful_shutdown_on(shutdown.clone());
+    let stores = autoscale::Stores {
+        apps: controller.store(),
+        deployments,
+        pods: pod_store,
+    };
     let autoscaler = tokio::spawn(autoscale::run(
         client.clone(),
-        controller.store(),
+        stores,
         ctx.recorder.clone(),
         shutdown,
     ));
@@ -308,6 +318,34 @@ async fn lead(
     };
     let lost = *lost_rx.borrow();
     (elector, lost)
+}
+
+/// A watch of `api` kept in a store, and the stream of touched objects that drives both the store
+/// and the controller's triggers. Managed fields are dropped: nothing reads them and they are
+/// often the larger part of an object.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .backoff(watch_backoff())
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
