@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Version};
 
 use super::config::AccessLog;
+use super::forwarded::peer_text;
 
 /// How long the writer lets lines gather after the first one arrives.
 const GATHER: Duration = Duration::from_millis(20);
@@ -177,7 +178,7 @@ fn format_line(out: &mut String, format: AccessLog, e: &Entry<'_>, now: SystemTi
             AccessLog::Json => {
                 let line = serde_json::json!({
                     "time": format!("{}.{millis:03}{}", clock.iso, clock.offset),
-                    "remote_addr": e.peer.to_canonical().to_string(),
+                    "remote_addr": text(Some(&peer_text(e.peer))),
                     "method": e.method.as_str(),
                     "uri": e.target,
                     "protocol": format!("{:?}", e.version),
@@ -194,7 +195,7 @@ fn format_line(out: &mut String, format: AccessLog, e: &Entry<'_>, now: SystemTi
                 let _ = write!(
                     out,
                     "{} - - [{}] \"{} ",
-                    e.peer.to_canonical(),
+                    text(Some(&peer_text(e.peer))),
                     clock.combined,
                     e.method
                 );

@@ -167,16 +167,21 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
     }
     // Whether the client announced a body; the app then sees a Content-Length even for an empty one.
     let framed = declared.is_some() || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let collected = tokio::time::timeout(
-        opts.client_timeout,
-        buffer::collect(
-            body,
-            Some(opts.max_body_size),
-            opts.body_buffer_size as usize,
-            opts.spool_dir.as_deref(),
-        ),
-    )
-    .await;
+    // Most requests have no body: no timer, no collecting.
+    let collected = if http_body::Body::is_end_stream(&body) {
+        Ok(Ok(Buffered::Memory(bytes::Bytes::new())))
+    } else {
+        tokio::time::timeout(
+            opts.client_timeout,
+            buffer::collect(
+                body,
+                Some(opts.max_body_size),
+                opts.body_buffer_size as usize,
+                opts.spool_dir.as_deref(),
+            ),
+        )
+        .await
+    };
     let body = match collected {
         Ok(Ok(b)) => b,
         Ok(Err(BufferError::TooLarge(_))) => {
