@@ -22,6 +22,8 @@ use super::config::ProxyOpts;
 use super::handler::{self, Peer, Shared};
 use super::raw_head::{self, Progress, Watched};
 
+mod nofile;
+
 /// hyper connection builders with the proxy's limits.
 struct Builders {
     h1: http1::Builder,
@@ -60,7 +62,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    warn_if_files_short(shared.opts.max_connections);
+    nofile::warn_if_short(shared.opts.max_connections);
     loop {
         // Past the connection limit, new clients wait in the kernel's listen backlog.
         let permit = tokio::select! {
@@ -365,7 +367,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 /// Binds a listener with a large backlog (bursts of connections wait there, not in SYN retries).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     static RAISED: std::sync::Once = std::sync::Once::new();
-    RAISED.call_once(raise_open_files_limit);
+    RAISED.call_once(nofile::raise);
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -379,61 +381,4 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Resolves once the flag turns true (or its sender is gone).
 pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|&d| d).await;
-}
-
-/// Raises the soft limit on open files to the hard one, as nginx (`worker_rlimit_nofile`) and
-/// Go's runtime do: every client connection is a descriptor, and the usual soft limit of 1024
-/// would refuse connections long before `--max-connections`.
-pub fn raise_open_files_limit() {
-    let Some((soft, hard)) = open_files_limit() else {
-        return;
-    };
-    // An unlimited hard limit cannot be the soft one: the kernel caps it at fs.nr_open.
-    let target = if hard == libc::RLIM_INFINITY {
-        std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20)
-    } else {
-        hard
-    };
-    if soft < target {
-        let lim = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit(2) with a valid, initialised struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
-        }
-    }
-    if let Some((soft, hard)) = open_files_limit() {
-        tracing::info!(soft, hard, "open file limit");
-    }
-}
-
-/// (soft, hard) RLIMIT_NOFILE.
-fn open_files_limit() -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) writes into the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then_some((lim.rlim_cur, lim.rlim_max))
-}
-
-/// Says so when `--max-connections` cannot be reached within the open file limit (each
-/// connection is one descriptor; the rest of the process needs some too).
-fn warn_if_files_short(max_connections: usize) {
-    if let Some((soft, _)) = open_files_limit()
-        && (max_connections as u64).saturating_add(256) > soft
-    {
-        tracing::warn!(
-            max_connections,
-            open_file_limit = soft,
-            "--max-connections is above what the open file limit allows; accepts past it fail"
-        );
-    }
 }
