@@ -187,14 +187,18 @@ fn ten_thousand_idle_connections_are_cheap_and_released() {
     // One in ten has had a request answered and idles on keep-alive; the rest never send a byte.
     let opened = Instant::now();
     let kept: Vec<TcpStream> = (0..IDLE / 10).map(|_| open_kept_alive(r.addr)).collect();
+    let rss_kept = rss_kib(pid);
     let silent = open_silent(r.addr, IDLE - kept.len());
     wait_connections(&r, IDLE);
     let took = opened.elapsed();
     let (fds1, rss1) = (fds(pid), rss_kib(pid));
     let per_conn = (rss1.saturating_sub(rss0) * 1024) / IDLE as u64;
+    let per_kept = (rss_kept.saturating_sub(rss0) * 1024) / kept.len() as u64;
+    let per_silent = (rss1.saturating_sub(rss_kept) * 1024) / silent.len() as u64;
     eprintln!(
         "{IDLE} idle connections opened in {took:?}: proxy descriptors {fds0} -> {fds1}, \
-         RSS {rss0} -> {rss1} KiB, {per_conn} bytes per connection"
+         RSS {rss0} -> {rss1} KiB, {per_conn} bytes per connection \
+         ({per_kept} kept alive, {per_silent} silent)"
     );
     assert!(fds1 >= IDLE, "each connection holds a descriptor: {fds1}");
     // Generous: a task, a socket and an idle HTTP/1.1 connection's state, not buffers per byte.
