@@ -310,5 +310,14 @@ fn stalled_h2c_clients_are_bounded_by_the_client_timeout() {
     connections_released(&r);
     drop(done);
     assert_eq!(status(&r.get("/ok")), 200);
-    assert_eq!(app_log(dir.path()).lines().count(), 1);
+    // A stream open longer than the client timeout is not idleness: it is answered.
+    let url = format!("http://{}/slow?sleep=4", r.addr);
+    let (out, ok) = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        "\n%{http_code} %{http_version}",
+        &url,
+    ]);
+    assert!(ok && out.ends_with("\n200 2"), "{out}");
+    assert_eq!(app_log(dir.path()).lines().count(), 2);
 }

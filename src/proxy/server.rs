@@ -250,7 +250,8 @@ where
 
 /// Serves HTTP/2. hyper bounds nothing on an HTTP/2 connection without streams (a silent client,
 /// half a preface, a header block never finished), so one with no stream open for
-/// `--client-timeout` is sent GOAWAY, and closed if it does not end within a short grace.
+/// `--client-timeout` is sent GOAWAY, and closed if it does not end within a short grace while
+/// still without streams.
 async fn h2<I>(c: Conn, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -293,7 +294,11 @@ where
                 closing = Some(tokio::time::Instant::now() + H2_CLOSE_GRACE);
             }
             _ = tokio::time::sleep_until(grace), if closing.is_some() => {
-                break Ok(());
+                // A stream that slipped in before GOAWAY arrived is still served to its end.
+                if *streams.borrow() == 0 {
+                    break Ok(());
+                }
+                closing = Some(far_future());
             }
         }
     };
