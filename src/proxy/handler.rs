@@ -285,7 +285,7 @@ async fn exchange(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     let mut fresh = false;
-    let resp = loop {
+    let (resp, lease) = loop {
         let mut req = Request::new(body.to_body().map_err(|_| "spool")?);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = Upstream::uri(parts.uri.path_and_query());
@@ -312,6 +312,7 @@ async fn exchange(
         tracing::warn!(error = %e, "reading the app server's response failed");
         "body"
     })?;
+    shared.upstream.release(lease);
     Ok((head, buffered))
 }
 

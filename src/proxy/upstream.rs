@@ -1,19 +1,17 @@
-//! The pooled keep-alive HTTP/1.1 client to the worker server, over its Unix socket or TCP.
+//! Keep-alive HTTP/1.1 connections to the worker server, over its Unix socket or TCP.
 
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -53,45 +51,10 @@ impl Target {
     }
 }
 
-/// Connects to the [`Target`] whatever URI the client asks for.
-#[derive(Clone)]
-pub struct Connector(Arc<Target>);
-
-impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let target = self.0.clone();
-        Box::pin(async move {
-            let s = match &*target {
-                Target::Unix(p) => Stream::Unix(UnixStream::connect(p).await?),
-                Target::Tcp(a) => {
-                    let s = TcpStream::connect(a.as_str()).await?;
-                    s.set_nodelay(true)?;
-                    Stream::Tcp(s)
-                }
-            };
-            Ok(TokioIo::new(s))
-        })
-    }
-}
-
 /// A connection to the worker server.
 pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for Stream {
@@ -168,43 +131,44 @@ impl Failure {
     }
 }
 
-/// Pooled client to the worker server.
+/// How long a connection may sit idle before it is closed instead of reused: well before the
+/// worker server's keep-alive timeout would close it under a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keep-alive HTTP/1.1 connections to the worker server, reused last-in first-out.
+///
+/// hyper's connection API with a plain stack of idle connections: admission already bounds how
+/// many requests are at the worker server, so the pool needs no limits, keys or waiting of its
+/// own, and a connection goes back on the stack without a task per request.
 pub struct Upstream {
-    pooled: Client<Connector, ProxyBody>,
-    /// Never reuses a connection: the retry after a pooled connection turned out dead.
-    fresh: Client<Connector, ProxyBody>,
+    target: Target,
+    idle: Mutex<Vec<Idle>>,
 }
 
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A connection lent to one request; [`Upstream::release`] it once the response body has been
+/// read to its end, drop it otherwise (the connection is then closed).
+pub struct Lease(SendRequest<ProxyBody>);
+
 impl Upstream {
-    /// A client for `target`. Idle pooled connections are closed well before the worker server's
-    /// keep-alive timeout would close them under us.
+    /// A pool for `target`; connections are opened on demand.
     pub fn new(target: Target) -> Self {
-        let conn = Connector(Arc::new(target));
-        let build = |idle: usize| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(3))
-                .pool_max_idle_per_host(idle)
-                .set_host(false)
-                .build(conn.clone())
-        };
         Self {
-            pooled: build(usize::MAX),
-            fresh: build(0),
+            target,
+            idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// The absolute URI the pooled client wants; only its path reaches the worker server.
+    /// The request target the worker server gets: origin form, the path and query only.
     pub fn uri(pq: Option<&PathAndQuery>) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(http::uri::Authority::from_static("upstream"));
-        parts.path_and_query = Some(
+        Uri::from(
             pq.cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://upstream/"))
+        )
     }
 
     /// Sends a request; `fresh` forces a new connection (for the one retry).
@@ -212,12 +176,81 @@ impl Upstream {
         &self,
         req: Request<ProxyBody>,
         fresh: bool,
-    ) -> Result<Response<Incoming>, Failure> {
-        let client = if fresh { &self.fresh } else { &self.pooled };
-        client.request(req).await.map_err(|e| {
-            tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-            if e.is_connect() { Failure::Connect } else { Failure::Reset }
-        })
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let mut sender = match (!fresh).then(|| self.checkout()) {
+            Some(fut) => match fut.await {
+                Some(s) => s,
+                None => self.connect().await?,
+            },
+            None => self.connect().await?,
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Lease(sender))),
+            Err(e) => {
+                let err = e.error();
+                tracing::debug!(error = %err, source = ?std::error::Error::source(err), "upstream request failed");
+                // The connection closed before the request went out: as safe to retry as a
+                // failed connect.
+                Err(if e.message().is_some() {
+                    Failure::Connect
+                } else {
+                    Failure::Reset
+                })
+            }
+        }
+    }
+
+    /// Puts a connection whose response was read whole back for the next request.
+    pub fn release(&self, lease: Lease) {
+        if lease.0.is_closed() {
+            return;
+        }
+        self.lock().push(Idle {
+            sender: lease.0,
+            since: Instant::now(),
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used live connection, if any; stale ones are dropped (and so closed).
+    async fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        loop {
+            let Idle { mut sender, since } = self.lock().pop()?;
+            if since.elapsed() >= IDLE_TIMEOUT || sender.is_closed() {
+                continue;
+            }
+            // Ready at once unless its connection task has not yet seen the last response end.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, Failure> {
+        let stream = match &self.target {
+            Target::Unix(p) => UnixStream::connect(p).await.map(Stream::Unix),
+            Target::Tcp(a) => TcpStream::connect(a.as_str()).await.and_then(|s| {
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }),
+        }
+        .map_err(|e| {
+            tracing::debug!(error = %e, "cannot connect to the worker server");
+            Failure::Connect
+        })?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
+            tracing::debug!(error = %e, "upstream handshake failed");
+            Failure::Connect
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -239,6 +272,7 @@ mod tests {
         assert!(Target::parse("http://127.0.0.1").is_err());
         assert!(Target::parse("/run/a.sock").is_err());
         let u = Upstream::uri(Some(&PathAndQuery::from_static("/a?b=1")));
-        assert_eq!(u.to_string(), "http://upstream/a?b=1");
+        assert_eq!(u.to_string(), "/a?b=1");
+        assert_eq!(Upstream::uri(None).to_string(), "/");
     }
 }
