@@ -11,42 +11,19 @@ mod controller_support;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use controller_support::{Operator, install_crd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use support_cp::{ControlPlane, pod_get};
+use support_cp::{ControlPlane, is_ready, pod_get};
 
 const TIMEOUT: Duration = Duration::from_secs(150);
 
-async fn wait<T, F, Fut>(cp: &ControlPlane, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", cp.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn ready_ips(list: &[Pod]) -> Vec<String> {
     list.iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| is_ready(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .collect()
 }
@@ -92,11 +69,12 @@ spec:
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
         let lp = ListParams::default().labels("kubewsgi.io/app=slow");
-        let first = wait(&cp, "the first pod to be ready", || async {
-            let ips = ready_ips(&pods.list(&lp).await.ok()?.items);
-            (ips.len() == 1).then(|| ips[0].clone())
-        })
-        .await;
+        let first = cp
+            .wait("the first pod to be ready", TIMEOUT, || async {
+                let ips = ready_ips(&pods.list(&lp).await.ok()?.items);
+                (ips.len() == 1).then(|| ips[0].clone())
+            })
+            .await;
 
         // Six clients, each holding a 2 s request against a pod with one worker thread: about five
         // requests wait in the proxy's queue at any time.
@@ -111,17 +89,22 @@ spec:
             }));
         }
         let replicas = |d: Option<Deployment>| d?.spec?.replicas;
-        wait(&cp, "the autoscaler to scale the Deployment up", || async {
-            let r = replicas(deployments.get_opt("slow").await.ok()?)?;
-            (r > 1).then_some(r)
-        })
+        cp.wait(
+            "the autoscaler to scale the Deployment up",
+            TIMEOUT,
+            || async {
+                let r = replicas(deployments.get_opt("slow").await.ok()?)?;
+                (r > 1).then_some(r)
+            },
+        )
         .await;
         // The new pods become ready and serve.
-        let ips = wait(&cp, "more than one ready pod", || async {
-            let ips = ready_ips(&pods.list(&lp).await.ok()?.items);
-            (ips.len() > 1).then_some(ips)
-        })
-        .await;
+        let ips = cp
+            .wait("more than one ready pod", TIMEOUT, || async {
+                let ips = ready_ips(&pods.list(&lp).await.ok()?.items);
+                (ips.len() > 1).then_some(ips)
+            })
+            .await;
         for ip in ips.iter().filter(|ip| **ip != first) {
             let r = pod_get(&format!("{ip}:8080"), "/?s=0", Duration::from_secs(60))
                 .await
@@ -136,9 +119,11 @@ spec:
         for c in clients {
             let _ = c.await;
         }
-        wait(&cp, "the autoscaler to scale back down to 1", || async {
-            (replicas(deployments.get_opt("slow").await.ok()?)? == 1).then_some(())
-        })
+        cp.wait(
+            "the autoscaler to scale back down to 1",
+            TIMEOUT,
+            || async { (replicas(deployments.get_opt("slow").await.ok()?)? == 1).then_some(()) },
+        )
         .await;
     });
 }

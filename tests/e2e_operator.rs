@@ -12,14 +12,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use controller_support::{Operator, install_crd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use support_cp::{ControlPlane, netns_names, pids_with_env, pod_get};
+use support_cp::{ControlPlane, is_ready, netns_names, pids_with_env, pod_get};
 
 /// Generous: pods start Python and two processes each on a small shared machine.
 const TIMEOUT: Duration = Duration::from_secs(150);
@@ -79,36 +79,10 @@ spec:
   static: [{urlPath: /static, dir: collected}]
 "#;
 
-/// Polls `f` every 250 ms until it returns `Some`; panics with `what` and the logs after `limit`.
-async fn wait<T, F, Fut>(cp: &ControlPlane, what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", cp.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The WsgiApp's pods once exactly `n` exist, none terminating, all Ready.
 async fn ready_pods(cp: &ControlPlane, pods: &Api<Pod>, app: &str, n: usize) -> Vec<Pod> {
     let lp = ListParams::default().labels(&format!("kubewsgi.io/app={app}"));
-    wait(cp, &format!("{n} ready pods of {app}"), TIMEOUT, || async {
+    cp.wait(&format!("{n} ready pods of {app}"), TIMEOUT, || async {
         let list = pods.list(&lp).await.ok()?.items;
         (list.len() == n && list.iter().all(is_ready)).then_some(list)
     })
@@ -166,12 +140,9 @@ fn flask_and_django_apps_serve_from_pods_and_are_collected() {
             assert!(addr.starts_with("10.244.0."), "pod address {addr}");
         }
         // The endpointslice controller lists exactly the ready pods on the proxy's port.
-        wait(
-            &cp,
-            "the EndpointSlice to list both pods",
-            TIMEOUT,
-            || async { (ready_endpoints(&slices, "hello").await == hello_addrs).then_some(()) },
-        )
+        cp.wait("the EndpointSlice to list both pods", TIMEOUT, || async {
+            (ready_endpoints(&slices, "hello").await == hello_addrs).then_some(())
+        })
         .await;
 
         let robots = std::fs::read(repo().join("examples/hello/static/robots.txt")).unwrap();
@@ -222,8 +193,7 @@ fn flask_and_django_apps_serve_from_pods_and_are_collected() {
         assert_eq!(v["framework"], "django", "{v}");
 
         // The operator's status counts the pods the node runs.
-        wait(
-            &cp,
+        cp.wait(
             "WsgiApp hello to report 2 ready replicas",
             TIMEOUT,
             || async {
@@ -271,8 +241,7 @@ fn flask_and_django_apps_serve_from_pods_and_are_collected() {
         cp.kubectl_ok(["delete", "wsgiapp", "hello", "site", "--wait=false"]);
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
         let services: Api<Service> = Api::namespaced(client.clone(), "default");
-        wait(
-            &cp,
+        cp.wait(
             "Deployments, Services and pods to be collected",
             TIMEOUT,
             || async {
@@ -340,7 +309,7 @@ fn spec_change_rolls_pods_with_no_failed_request_under_load() {
                 }
             })
         };
-        wait(&cp, "ready endpoints", TIMEOUT, || async {
+        cp.wait("ready endpoints", TIMEOUT, || async {
             (endpoints.lock().unwrap().len() == 2).then_some(())
         })
         .await;
@@ -389,16 +358,17 @@ fn spec_change_rolls_pods_with_no_failed_request_under_load() {
             r#"{"spec":{"env":[{"name":"GREETING","value":"v2"}]}}"#,
         ]);
         let lp = ListParams::default().labels("kubewsgi.io/app=hello");
-        let new = wait(&cp, "the rollout to replace both pods", TIMEOUT, || async {
-            let list = pods.list(&lp).await.ok()?.items;
-            let names: BTreeSet<String> = list
-                .iter()
-                .map(|p| p.metadata.name.clone().unwrap())
-                .collect();
-            let done = list.len() == 2 && list.iter().all(is_ready) && names.is_disjoint(&old);
-            done.then_some(list)
-        })
-        .await;
+        let new = cp
+            .wait("the rollout to replace both pods", TIMEOUT, || async {
+                let list = pods.list(&lp).await.ok()?.items;
+                let names: BTreeSet<String> = list
+                    .iter()
+                    .map(|p| p.metadata.name.clone().unwrap())
+                    .collect();
+                let done = list.len() == 2 && list.iter().all(is_ready) && names.is_disjoint(&old);
+                done.then_some(list)
+            })
+            .await;
         for p in &new {
             let app = p
                 .spec
@@ -418,7 +388,7 @@ fn spec_change_rolls_pods_with_no_failed_request_under_load() {
         // Keep the load on until the endpoints list only the new pods.
         let new_addrs: BTreeSet<String> =
             new.iter().map(|p| format!("{}:8080", pod_ip(p))).collect();
-        wait(&cp, "endpoints of the new pods only", TIMEOUT, || async {
+        cp.wait("endpoints of the new pods only", TIMEOUT, || async {
             (endpoints
                 .lock()
                 .unwrap()
@@ -471,26 +441,26 @@ spec:
         let lp = ListParams::default().labels("kubewsgi.io/app=broken");
         // The worker writes the import error to /dev/termination-log, which the node agent maps
         // to a file per container; the restart moves it to lastState.
-        let (pod, message) = wait(
-            &cp,
-            "a restarted app container with its traceback",
-            TIMEOUT,
-            || async {
-                let list = pods.list(&lp).await.ok()?.items;
-                list.iter().find_map(|p| {
-                    let st = p.status.as_ref()?;
-                    let app = st
-                        .container_statuses
-                        .iter()
-                        .flatten()
-                        .find(|c| c.name == "app")?;
-                    let last = app.last_state.as_ref()?.terminated.as_ref()?;
-                    (app.restart_count >= 1 && last.exit_code != 0)
-                        .then(|| (p.clone(), last.message.clone().unwrap_or_default()))
-                })
-            },
-        )
-        .await;
+        let (pod, message) = cp
+            .wait(
+                "a restarted app container with its traceback",
+                TIMEOUT,
+                || async {
+                    let list = pods.list(&lp).await.ok()?.items;
+                    list.iter().find_map(|p| {
+                        let st = p.status.as_ref()?;
+                        let app = st
+                            .container_statuses
+                            .iter()
+                            .flatten()
+                            .find(|c| c.name == "app")?;
+                        let last = app.last_state.as_ref()?.terminated.as_ref()?;
+                        (app.restart_count >= 1 && last.exit_code != 0)
+                            .then(|| (p.clone(), last.message.clone().unwrap_or_default()))
+                    })
+                },
+            )
+            .await;
         assert!(
             message.contains("no_such_module"),
             "termination message: {message:?}"

@@ -186,6 +186,25 @@ impl ControlPlane {
         text
     }
 
+    /// Polls `f` every 250 ms until it returns `Some`; after `limit` panics naming `what`, with
+    /// the control plane's log tails.
+    pub async fn wait<T, F, Fut>(&self, what: &str, limit: std::time::Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.log_tail());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     /// Stops etcd, the API server and the controllers (unless [`ControlPlane::stop_for_restart`]
     /// did) and starts them again on the same ports, keys and etcd data
     /// (`scripts/control-plane restart`): running clients reconnect to the same address. Returns
@@ -392,4 +411,13 @@ pub fn netns_names() -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
+}
+
+/// Whether a pod is Ready and not terminating.
+pub fn is_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
