@@ -60,9 +60,10 @@ pub async fn serve(
 ) {
     let builders = Arc::new(Builders::new(&shared.opts));
     let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
+    let limit = Arc::new(Semaphore::new(
+        nofile::cap(shared.opts.max_connections).max(1),
+    ));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    nofile::warn_if_short(shared.opts.max_connections);
     loop {
         // Past the connection limit, new clients wait in the kernel's listen backlog.
         let permit = tokio::select! {

@@ -1,14 +1,20 @@
 //! The open file limit: every client connection is a descriptor.
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors kept back for everything that is not a client connection (listeners, upstream
+/// connections, spooled bodies, static files, logs).
+const RESERVED: u64 = 256;
+
 /// Raises the soft limit on open files to the hard one, as nginx (`worker_rlimit_nofile`) and
-/// Go's runtime do: every client connection is a descriptor, and the usual soft limit of 1024
-/// would refuse connections long before `--max-connections`.
+/// Go's runtime do: the usual soft limit of 1024 would refuse connections long before
+/// `--max-connections`.
 pub fn raise() {
-    let Some((soft, hard)) = limit() else {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
     // An unlimited hard limit cannot be the soft one: the kernel caps it at fs.nr_open.
-    let target = if hard == libc::RLIM_INFINITY {
+    let target = if hard == nix::libc::RLIM_INFINITY {
         std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -16,43 +22,31 @@ pub fn raise() {
     } else {
         hard
     };
-    if soft < target {
-        let lim = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit(2) with a valid, initialised struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
-        }
+    if soft < target
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
     }
-    if let Some((soft, hard)) = limit() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         tracing::info!(soft, hard, "open file limit");
     }
 }
 
-/// (soft, hard) RLIMIT_NOFILE.
-fn limit() -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// `max_connections`, lowered to what the open file limit allows: past it accepts would fail
+/// with EMFILE, while under the cap new clients wait in the listen backlog until a slot frees.
+pub fn cap(max_connections: usize) -> usize {
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max_connections;
     };
-    // SAFETY: getrlimit(2) writes into the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then_some((lim.rlim_cur, lim.rlim_max))
-}
-
-/// Says so when `--max-connections` cannot be reached within the open file limit (each
-/// connection is one descriptor; the rest of the process needs some too).
-pub fn warn_if_short(max_connections: usize) {
-    if let Some((soft, _)) = limit()
-        && (max_connections as u64).saturating_add(256) > soft
-    {
-        tracing::warn!(
+    let room = usize::try_from(soft.saturating_sub(RESERVED)).unwrap_or(usize::MAX);
+    if max_connections > room {
+        tracing::info!(
             max_connections,
             open_file_limit = soft,
-            "--max-connections is above what the open file limit allows; accepts past it fail"
+            capped_to = room,
+            "--max-connections lowered to fit the open file limit"
         );
+        return room.max(1);
     }
+    max_connections
 }
