@@ -78,8 +78,12 @@ fn serve(py: Python<'_>, app: &App, env: &mut EnvBuilder, mut job: Job) {
                 sr.borrow_mut().fail(py);
             }
             // PEP 3333: close() is called whatever happened, also when the client went away.
-            if let Ok(true) = iterable.hasattr("close")
-                && let Err(e) = iterable.call_method0("close")
+            // Plain lists and tuples have none; looking it up would raise and discard an AttributeError.
+            let plain = iterable.is_exact_instance_of::<PyList>()
+                || iterable.is_exact_instance_of::<PyTuple>();
+            if !plain
+                && let Ok(true) = iterable.hasattr(pyo3::intern!(py, "close"))
+                && let Err(e) = iterable.call_method0(pyo3::intern!(py, "close"))
             {
                 tracing::error!(
                     path = job.uri.path(),
@@ -105,6 +109,16 @@ fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyB
 
 /// Sends what the app returned: lists in one piece, real files from Rust, anything else chunk by chunk.
 fn drive(py: Python<'_>, sr: &Bound<'_, StartResponse>, it: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(list) = it.cast_exact::<PyList>()
+        && list.len() == 1
+        && !sr.borrow().head_sent()
+    {
+        // The common `return [body]`: one copy straight into the reply.
+        let item = list.get_item(0)?;
+        return sr
+            .borrow_mut()
+            .finish_full(Bytes::copy_from_slice(as_bytes(&item)?.as_bytes()));
+    }
     if it.is_instance_of::<PyList>() || it.is_instance_of::<PyTuple>() {
         let seq = it.try_iter()?.collect::<PyResult<Vec<_>>>()?;
         let mut parts = Vec::with_capacity(seq.len());

@@ -1,7 +1,9 @@
-//! The WSGI `environ` builder (PEP 3333): one dict per request from interned keys,
-//! header names cached per thread, every value a native (latin-1) string.
+//! The WSGI `environ` builder (PEP 3333): one dict per request, copied from a per-process
+//! template of interned keys and constant values; header names cached per thread, every value a
+//! native (latin-1) string.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, Method, Version, header};
 use pyo3::ffi;
@@ -36,17 +38,26 @@ keys! {
 /// Values that are the same for every request of this process.
 pub struct Consts {
     pub keys: Keys,
-    version: Py<PyTuple>,
-    errors: Py<PyAny>,
-    file_wrapper: Py<PyAny>,
-    multithread: bool,
-    multiprocess: bool,
-    empty: Py<PyString>,
-    http: Py<PyString>,
+    /// Every key that does not depend on the request, plus a default for each key every request
+    /// sets: one `dict.copy()` per request replaces two dozen inserts and the table's resizes.
+    template: Py<PyDict>,
+    methods: [Py<PyString>; 9],
     https: Py<PyString>,
-    http11: Py<PyString>,
     http10: Py<PyString>,
+    localhost: Py<PyString>,
 }
+
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::HEAD,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
 
 impl Consts {
     pub fn new(
@@ -56,32 +67,58 @@ impl Consts {
         multithread: bool,
         multiprocess: bool,
     ) -> PyResult<Self> {
+        let keys = Keys::new(py);
+        let k = &keys;
+        let empty = PyString::intern(py, "");
+        let t = PyDict::new(py);
+        // Request-dependent keys first, with placeholder values, so a copy keeps their slots.
+        for key in [
+            &k.request_method,
+            &k.path_info,
+            &k.query_string,
+            &k.raw_uri,
+            &k.request_uri,
+            &k.server_name,
+            &k.server_port,
+            &k.remote_addr,
+            &k.wsgi_input,
+        ] {
+            t.set_item(key, &empty)?;
+        }
+        t.set_item(&k.script_name, &empty)?;
+        t.set_item(&k.server_protocol, PyString::intern(py, "HTTP/1.1"))?;
+        t.set_item(&k.wsgi_url_scheme, PyString::intern(py, "http"))?;
+        t.set_item(&k.wsgi_version, PyTuple::new(py, [1, 0])?)?;
+        t.set_item(&k.wsgi_errors, errors)?;
+        t.set_item(&k.wsgi_multithread, PyBool::new(py, multithread))?;
+        t.set_item(&k.wsgi_multiprocess, PyBool::new(py, multiprocess))?;
+        t.set_item(&k.wsgi_run_once, PyBool::new(py, false))?;
+        // The input stream ends at the end of the body (also for chunked requests): apps may read to EOF.
+        t.set_item(&k.wsgi_input_terminated, PyBool::new(py, true))?;
+        t.set_item(&k.wsgi_file_wrapper, file_wrapper)?;
         Ok(Consts {
-            keys: Keys::new(py),
-            version: PyTuple::new(py, [1, 0])?.unbind(),
-            errors,
-            file_wrapper,
-            multithread,
-            multiprocess,
-            empty: PyString::intern(py, "").unbind(),
-            http: PyString::intern(py, "http").unbind(),
+            methods: METHODS.map(|m| PyString::intern(py, m.as_str()).unbind()),
+            keys,
+            template: t.unbind(),
             https: PyString::intern(py, "https").unbind(),
-            http11: PyString::intern(py, "HTTP/1.1").unbind(),
             http10: PyString::intern(py, "HTTP/1.0").unbind(),
+            localhost: PyString::intern(py, "localhost").unbind(),
         })
+    }
+
+    fn method<'py>(&self, py: Python<'py>, m: &Method) -> Bound<'py, PyString> {
+        match METHODS.iter().position(|x| x == m) {
+            Some(i) => self.methods[i].bind(py).clone(),
+            None => PyString::intern(py, m.as_str()),
+        }
     }
 }
 
 /// A Python str from raw bytes, decoded as latin-1 (PEP 3333 "native strings": bytes map 1:1 to code points).
 pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    if let Ok(s) = std::str::from_utf8(b)
-        .map_err(|_| ())
-        .and_then(|s| if s.is_ascii() { Ok(s) } else { Err(()) })
-    {
-        return PyString::new(py, s);
-    }
     // SAFETY: PyUnicode_DecodeLatin1 reads exactly `len` bytes and cannot fail on any input
     // except memory exhaustion, which from_owned_ptr turns into a panic like any allocation.
+    // It copies ASCII input with a plain memcpy, so there is no faster way to build the str.
     unsafe {
         let p = ffi::PyUnicode_DecodeLatin1(
             b.as_ptr().cast(),
@@ -92,9 +129,21 @@ pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
-/// Per-thread builder: caches the `HTTP_*` key of each header name it has seen.
+/// The strings derived from the last `Host` a thread saw: clients repeat it on every request.
+struct HostStrs {
+    raw: Vec<u8>,
+    https: bool,
+    value: Py<PyString>,
+    name: Py<PyString>,
+    port: Py<PyString>,
+}
+
+/// Per-thread builder: caches the `HTTP_*` key of each header name it has seen and the
+/// strings of the last `Host` and peer address.
 pub struct EnvBuilder {
     header_keys: HashMap<HeaderName, Py<PyString>>,
+    host: Option<HostStrs>,
+    remote_ip: Option<(IpAddr, Py<PyString>)>,
 }
 
 /// What the builder needs from a request besides its headers.
@@ -114,6 +163,8 @@ impl EnvBuilder {
     pub fn new() -> Self {
         EnvBuilder {
             header_keys: HashMap::new(),
+            host: None,
+            remote_ip: None,
         }
     }
 
@@ -138,6 +189,36 @@ impl EnvBuilder {
         k
     }
 
+    /// `HTTP_HOST`, `SERVER_NAME` and `SERVER_PORT` for a single `Host` value.
+    fn host_strs(&mut self, py: Python<'_>, raw: &[u8], https: bool) -> &HostStrs {
+        let hit = self
+            .host
+            .as_ref()
+            .is_some_and(|h| h.https == https && h.raw == raw);
+        if !hit {
+            let (name, port) = split_host(raw, if https { "443" } else { "80" });
+            self.host = Some(HostStrs {
+                raw: raw.to_vec(),
+                https,
+                value: latin1(py, raw).unbind(),
+                name: latin1(py, &name).unbind(),
+                port: PyString::new(py, &port).unbind(),
+            });
+        }
+        self.host.as_ref().expect("set above")
+    }
+
+    fn remote_ip<'py>(&mut self, py: Python<'py>, ip: IpAddr) -> Bound<'py, PyString> {
+        match &self.remote_ip {
+            Some((last, s)) if *last == ip => s.bind(py).clone(),
+            _ => {
+                let s = PyString::new(py, &ip.to_string());
+                self.remote_ip = Some((ip, s.clone().unbind()));
+                s
+            }
+        }
+    }
+
     /// Builds the environ of `job`; `input` becomes `wsgi.input`.
     pub fn build<'py>(
         &mut self,
@@ -147,33 +228,31 @@ impl EnvBuilder {
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &c.keys;
-        let d = PyDict::new(py);
+        let d = c.template.bind(py).copy()?;
         let h = &job.headers;
-        d.set_item(&k.request_method, method_str(py, &job.method))?;
-        // SCRIPT_NAME is empty: the app is mounted at the root; a path prefix is the app's business.
-        d.set_item(&k.script_name, &c.empty)?;
+        d.set_item(&k.request_method, c.method(py, &job.method))?;
         // PATH_INFO is the percent-decoded path as bytes, decoded latin-1 (not UTF-8): apps re-encode it.
         let path = job.uri.path();
         let decoded: std::borrow::Cow<'_, [u8]> =
             percent_encoding::percent_decode(path.as_bytes()).into();
-        d.set_item(&k.path_info, latin1(py, &decoded))?;
+        let path_info = latin1(py, &decoded);
+        d.set_item(&k.path_info, &path_info)?;
         // QUERY_STRING stays percent-encoded, as received.
-        d.set_item(
-            &k.query_string,
-            latin1(py, job.uri.query().unwrap_or("").as_bytes()),
-        )?;
-        let raw_uri = job.uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let raw = latin1(py, raw_uri.as_bytes());
+        let query = job.uri.query();
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            d.set_item(&k.query_string, latin1(py, q.as_bytes()))?;
+        }
+        let raw = match job.uri.path_and_query() {
+            // Without a query or escapes the raw URI is PATH_INFO itself.
+            _ if query.is_none() && matches!(decoded, std::borrow::Cow::Borrowed(_)) => path_info,
+            Some(pq) => latin1(py, pq.as_str().as_bytes()),
+            None => latin1(py, path.as_bytes()),
+        };
         d.set_item(&k.raw_uri, &raw)?;
         d.set_item(&k.request_uri, &raw)?;
-        d.set_item(
-            &k.server_protocol,
-            if job.version == Version::HTTP_10 {
-                &c.http10
-            } else {
-                &c.http11
-            },
-        )?;
+        if job.version == Version::HTTP_10 {
+            d.set_item(&k.server_protocol, &c.http10)?;
+        }
 
         let fwd = if job.peer.trust_forwarded {
             forwarded(h)
@@ -188,17 +267,24 @@ impl EnvBuilder {
         match (fwd.remote, job.peer.remote) {
             (Some(r), _) => d.set_item(&k.remote_addr, latin1(py, r))?,
             (None, Some(a)) => {
-                d.set_item(&k.remote_addr, a.ip().to_string())?;
-                d.set_item(&k.remote_port, a.port().to_string())?;
+                d.set_item(&k.remote_addr, self.remote_ip(py, a.ip()))?;
+                d.set_item(&k.remote_port, port_str(py, a.port()))?;
             }
-            (None, None) => d.set_item(&k.remote_addr, &c.empty)?,
+            (None, None) => {}
         }
         let https = fwd.scheme_https.unwrap_or(false);
-        d.set_item(&k.wsgi_url_scheme, if https { &c.https } else { &c.http })?;
+        if https {
+            d.set_item(&k.wsgi_url_scheme, &c.https)?;
+        }
 
         // Headers: CONTENT_TYPE/CONTENT_LENGTH without the HTTP_ prefix; repeats joined with ", "
         // (cookies with "; "); names with "_" dropped because they would alias the "-" spelling.
-        let mut host_seen = false;
+        let mut host_values = h.get_all(header::HOST).iter();
+        let single_host = match (fwd.host, host_values.next(), host_values.next()) {
+            (Some(fh), _, _) => Some(fh),
+            (None, Some(v), None) => Some(v.as_bytes()),
+            _ => None,
+        };
         for name in h.keys() {
             let n = name.as_str();
             if n.contains('_') {
@@ -209,10 +295,8 @@ impl EnvBuilder {
             } else if name == header::CONTENT_LENGTH {
                 k.content_length.bind(py).clone()
             } else if name == header::HOST {
-                host_seen = true;
-                if let Some(fh) = fwd.host {
-                    d.set_item(&k.http_host, latin1(py, fh))?;
-                    continue;
+                if single_host.is_some() {
+                    continue; // set below with SERVER_NAME
                 }
                 k.http_host.bind(py).clone()
             } else {
@@ -234,44 +318,63 @@ impl EnvBuilder {
                 }
             }
         }
-        if !host_seen && let Some(fh) = fwd.host {
-            d.set_item(&k.http_host, latin1(py, fh))?;
-        }
         // SERVER_NAME/SERVER_PORT: from the (forwarded) Host, else the listening address.
         let host = fwd
             .host
             .or_else(|| h.get(header::HOST).map(|v| v.as_bytes()));
-        let default_port = if https { "443" } else { "80" };
-        let (name, port) = match host {
-            Some(hv) => split_host(hv, default_port),
-            None => match job.peer.local {
-                Some(a) => (a.ip().to_string().into_bytes(), a.port().to_string()),
-                None => (b"localhost".to_vec(), default_port.to_string()),
-            },
-        };
-        d.set_item(&k.server_name, latin1(py, &name))?;
-        d.set_item(&k.server_port, port)?;
-
-        d.set_item(&k.wsgi_version, &c.version)?;
+        if let Some(raw) = single_host {
+            let hs = self.host_strs(py, raw, https);
+            d.set_item(&k.http_host, hs.value.bind(py))?;
+            d.set_item(&k.server_name, hs.name.bind(py))?;
+            d.set_item(&k.server_port, hs.port.bind(py))?;
+        } else {
+            let default_port = if https { "443" } else { "80" };
+            let (name, port) = match host {
+                Some(hv) => {
+                    let (n, p) = split_host(hv, default_port);
+                    (latin1(py, &n), PyString::new(py, &p))
+                }
+                None => match job.peer.local {
+                    Some(a) => (
+                        PyString::new(py, &a.ip().to_string()),
+                        PyString::new(py, &a.port().to_string()),
+                    ),
+                    None => (
+                        c.localhost.bind(py).clone(),
+                        PyString::new(py, default_port),
+                    ),
+                },
+            };
+            d.set_item(&k.server_name, name)?;
+            d.set_item(&k.server_port, port)?;
+        }
         d.set_item(&k.wsgi_input, input)?;
-        d.set_item(&k.wsgi_errors, &c.errors)?;
-        d.set_item(&k.wsgi_multithread, PyBool::new(py, c.multithread))?;
-        d.set_item(&k.wsgi_multiprocess, PyBool::new(py, c.multiprocess))?;
-        d.set_item(&k.wsgi_run_once, PyBool::new(py, false))?;
-        // The input stream ends at the end of the body (also for chunked requests): apps may read to EOF.
-        d.set_item(&k.wsgi_input_terminated, PyBool::new(py, true))?;
-        d.set_item(&k.wsgi_file_wrapper, &c.file_wrapper)?;
         Ok(d)
     }
 }
 
-fn method_str<'py>(py: Python<'py>, m: &Method) -> Bound<'py, PyString> {
-    PyString::intern(py, m.as_str())
+/// A port number as a Python str, without the formatting machinery.
+fn port_str(py: Python<'_>, port: u16) -> Bound<'_, PyString> {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = port;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    latin1(py, &buf[i..])
 }
 
 /// Reads `X-Forwarded-Host`, `-Proto` and the last `X-Forwarded-For` hop.
 pub fn forwarded(h: &HeaderMap) -> Forwarded<'_> {
-    let last = |name: &str| {
+    const HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let last = |name: HeaderName| {
         h.get_all(name).iter().next_back().map(|v| {
             let b = v.as_bytes();
             let start = b.iter().rposition(|&c| c == b',').map_or(0, |i| i + 1);
@@ -279,15 +382,13 @@ pub fn forwarded(h: &HeaderMap) -> Forwarded<'_> {
         })
     };
     Forwarded {
-        host: last("x-forwarded-host").filter(|b| !b.is_empty()),
-        scheme_https: last("x-forwarded-proto").and_then(|p| {
-            match p.to_ascii_lowercase().as_slice() {
-                b"https" => Some(true),
-                b"http" => Some(false),
-                _ => None,
-            }
+        host: last(HOST).filter(|b| !b.is_empty()),
+        scheme_https: last(PROTO).and_then(|p| match p.to_ascii_lowercase().as_slice() {
+            b"https" => Some(true),
+            b"http" => Some(false),
+            _ => None,
         }),
-        remote: last("x-forwarded-for").filter(|b| !b.is_empty()),
+        remote: last(FOR).filter(|b| !b.is_empty()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `start_response`, `write()` and the path of the app's status, headers and body to the HTTP side.
 //! Status and headers are validated here; chunks are sent detached from the interpreter.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -31,18 +33,19 @@ pub struct StartResponse {
     pub done: bool,
 }
 
-/// Encodes a native string as latin-1; code points above U+00FF are an error.
-pub fn to_latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
+/// Encodes a native string as latin-1 (borrowed when it is ASCII); code points above U+00FF are an error.
+pub fn to_latin1<'a>(s: &'a Bound<'_, PyString>, what: &str) -> PyResult<Cow<'a, [u8]>> {
     let s = s.to_str()?;
     if s.is_ascii() {
-        return Ok(s.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(s.as_bytes()));
     }
     s.chars()
         .map(|c| {
             u8::try_from(c as u32)
                 .map_err(|_| PyValueError::new_err(format!("{what} {s:?} is not latin-1")))
         })
-        .collect()
+        .collect::<PyResult<Vec<u8>>>()
+        .map(Cow::Owned)
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -88,7 +91,8 @@ pub fn validate(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
             type_name(headers)
         )));
     }
-    let mut map = HeaderMap::new();
+    // Room for the headers the server adds (Server, Connection), so the map is allocated once.
+    let mut map = HeaderMap::with_capacity(headers.len()? + 2);
     let mut content_length = None;
     for item in headers.try_iter()? {
         let item = item?;
@@ -207,10 +211,18 @@ impl StartResponse {
         !self.is_head_request && s != StatusCode::NO_CONTENT && s != StatusCode::NOT_MODIFIED
     }
 
+    /// The head to send; status and Content-Length stay behind for the body checks.
     fn take_head(&mut self) -> PyResult<Head> {
-        self.head
-            .clone()
-            .ok_or_else(|| PyRuntimeError::new_err("the app did not call start_response"))
+        let h = self
+            .head
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the app did not call start_response"))?;
+        Ok(Head {
+            status: h.status,
+            reason: h.reason.take(),
+            headers: std::mem::take(&mut h.headers),
+            content_length: h.content_length,
+        })
     }
 
     /// Cuts `data` to what Content-Length still allows.
@@ -381,7 +393,7 @@ impl StartResponse {
         }
         let head = validate(&status, &headers)?;
         slf.borrow_mut().head = Some(head);
-        slf.getattr("write")
+        slf.getattr(pyo3::intern!(slf.py(), "write"))
     }
 
     /// The legacy `write(data)` callable: sends `data` at once.

@@ -163,6 +163,106 @@ fn forwarded_headers_only_when_trusted() {
     });
 }
 
+/// One builder serves many requests: what it caches (template, Host, peer address) must never
+/// carry a value, or an app's change to its environ, over to the next request.
+#[test]
+fn one_builder_many_requests() {
+    python();
+    Python::attach(|py| {
+        let errors = Py::new(py, Errors::default()).unwrap().into_any();
+        let wrapper = py.get_type::<FileWrapper>().into_any().unbind();
+        let c = Consts::new(py, errors, wrapper, false, false).unwrap();
+        let mut b = EnvBuilder::new();
+        let mut env = |req: Request<()>, peer: Peer| {
+            b.build(py, &c, &job(req, peer), py.None().into_bound(py))
+                .unwrap()
+        };
+        let tcp = |addr: &str| Peer {
+            remote: Some(addr.parse().unwrap()),
+            local: Some("127.0.0.1:8000".parse().unwrap()),
+            trust_forwarded: false,
+        };
+        let get_req = |uri: &str, host: &str| {
+            Request::builder()
+                .uri(uri)
+                .header("host", host)
+                .body(())
+                .unwrap()
+        };
+
+        let d = env(get_req("/a", "a.example:81"), tcp("127.0.0.2:4000"));
+        assert_eq!(get(&d, "RAW_URI").as_deref(), Some("/a"));
+        assert_eq!(get(&d, "QUERY_STRING").as_deref(), Some(""));
+        assert_eq!(get(&d, "SERVER_NAME").as_deref(), Some("a.example"));
+        assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("81"));
+        assert_eq!(get(&d, "REMOTE_ADDR").as_deref(), Some("127.0.0.2"));
+        assert_eq!(get(&d, "REMOTE_PORT").as_deref(), Some("4000"));
+        // The app changes its environ; the next request must not see it.
+        d.set_item("SCRIPT_NAME", "/mounted").unwrap();
+        d.set_item("wsgi.url_scheme", "https").unwrap();
+        d.set_item("app.added", 1).unwrap();
+        d.del_item("wsgi.version").unwrap();
+
+        let purge = Request::builder()
+            .method(Method::from_bytes(b"PURGE").unwrap())
+            .uri("/b%20c?q=1")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        let d = env(purge, tcp("[::1]:65535"));
+        assert_eq!(get(&d, "REQUEST_METHOD").as_deref(), Some("PURGE"));
+        assert_eq!(get(&d, "PATH_INFO").as_deref(), Some("/b c"));
+        assert_eq!(get(&d, "RAW_URI").as_deref(), Some("/b%20c?q=1"));
+        assert_eq!(get(&d, "QUERY_STRING").as_deref(), Some("q=1"));
+        assert_eq!(get(&d, "SCRIPT_NAME").as_deref(), Some(""));
+        assert_eq!(get(&d, "wsgi.url_scheme").as_deref(), Some("http"));
+        assert!(d.get_item("app.added").unwrap().is_none());
+        assert!(d.get_item("wsgi.version").unwrap().is_some());
+        assert_eq!(get(&d, "SERVER_NAME").as_deref(), Some("b.example"));
+        assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("80"));
+        assert_eq!(get(&d, "HTTP_HOST").as_deref(), Some("b.example"));
+        assert_eq!(get(&d, "REMOTE_ADDR").as_deref(), Some("::1"));
+        assert_eq!(get(&d, "REMOTE_PORT").as_deref(), Some("65535"));
+
+        // The same Host behind a proxy that says https: another default port.
+        let proxied = Request::builder()
+            .uri("/%7e")
+            .header("host", "b.example")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        let d = env(proxied, UNIX);
+        assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("443"));
+        assert_eq!(get(&d, "RAW_URI").as_deref(), Some("/%7e"));
+        assert_eq!(get(&d, "PATH_INFO").as_deref(), Some("/~"));
+        assert_eq!(get(&d, "REMOTE_ADDR").as_deref(), Some(""));
+        assert!(d.get_item("REMOTE_PORT").unwrap().is_none());
+
+        // Two Host headers: HTTP_HOST joins them, SERVER_NAME comes from the first.
+        let two = Request::builder()
+            .uri("/")
+            .header("host", "x.example:1")
+            .header("host", "y.example")
+            .body(())
+            .unwrap();
+        let d = env(two, UNIX);
+        assert_eq!(
+            get(&d, "HTTP_HOST").as_deref(),
+            Some("x.example:1, y.example")
+        );
+        assert_eq!(get(&d, "SERVER_NAME").as_deref(), Some("x.example"));
+        assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("1"));
+
+        // No Host at all: the listening address, and no HTTP_HOST left over from before.
+        let none = Request::builder().uri("/").body(()).unwrap();
+        let d = env(none, tcp("127.0.0.2:4001"));
+        assert!(d.get_item("HTTP_HOST").unwrap().is_none());
+        assert_eq!(get(&d, "SERVER_NAME").as_deref(), Some("127.0.0.1"));
+        assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("8000"));
+        assert_eq!(get(&d, "REMOTE_PORT").as_deref(), Some("4001"));
+    });
+}
+
 #[test]
 fn hosts_split() {
     assert_eq!(split_host(b"a.b:81", "80"), (b"a.b".to_vec(), "81".into()));
