@@ -5,86 +5,18 @@
 
 mod hostile_corpus;
 mod run_support;
+mod tls_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostile_corpus::*;
 use run_support::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A self-signed certificate for `localhost` and 127.0.0.1: (cert, key).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext"])
-        .args(["subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext"])
-        // Not a CA: rustls refuses a CA certificate as the server's own.
-        .args(["basicConstraints=critical,CA:FALSE", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
-/// A client trusting only `cert`, offering `alpn`.
-fn client(cert: &Path, alpn: &[u8]) -> Arc<ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(cfg)
-}
-
-/// Connects and completes the handshake; the protocol ALPN chose must be the one offered.
-fn connect(addr: SocketAddr, cfg: &Arc<ClientConfig>, read_timeout: Duration) -> Tls {
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(read_timeout)).unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut s = StreamOwned::new(ClientConnection::new(cfg.clone(), name).unwrap(), tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).expect("TLS handshake");
-    }
-    assert_eq!(
-        s.conn.alpn_protocol(),
-        cfg.alpn_protocols.first().map(|p| &p[..]),
-        "ALPN"
-    );
-    s
-}
-
-fn tls_flags(cert: &Path, key: &Path) -> Vec<String> {
-    vec![
-        "--tls-cert".into(),
-        cert.display().to_string(),
-        "--tls-key".into(),
-        key.display().to_string(),
-    ]
-}
+use rustls::ClientConfig;
+use tls_support::*;
 
 fn start(dir: &Path, tls: &[String], extra: &[&str]) -> Run {
     let mut args: Vec<&str> = vec!["--workers", "1", "--threads", "4"];
@@ -112,7 +44,7 @@ fn still_served_tls(addr: SocketAddr, cfg: &Arc<ClientConfig>, n: usize) {
 fn hostile_requests_over_tls_are_answered_as_on_the_plain_port() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = make_cert(certs.path());
-    let cfg = client(&cert, b"http/1.1");
+    let cfg = client(&[&cert], b"http/1.1");
     let (plain_dir, tls_dir) = (recorder_dir(), recorder_dir());
     let flags = ["--max-body-size", "1m", "--client-timeout", "5"];
     let plain = start(plain_dir.path(), &[], &flags);
@@ -232,7 +164,7 @@ fn stalled_tls_clients_are_bounded_by_the_client_timeout() {
         &tls_flags(&cert, &key),
         &["--client-timeout", "2"],
     );
-    let (h1, h2) = (client(&cert, b"http/1.1"), client(&cert, b"h2"));
+    let (h1, h2) = (client(&[&cert], b"http/1.1"), client(&[&cert], b"h2"));
     let a = r.addr;
     let hello = &*Box::leak(tls_client_hello().into_boxed_slice());
     let clients: Vec<std::thread::JoinHandle<Stalled>> = vec![
