@@ -32,10 +32,17 @@ pub fn thread_main(app: Arc<App>, jobs: Arc<JobQueue>, shared: Arc<Shared>) {
     Python::attach(|py| {
         let mut env = EnvBuilder::new();
         loop {
-            // Take queued work without giving up the GIL; wait detached when there is none.
+            // Take queued work without giving up the GIL; when there is none, sleep detached until
+            // woken as standby, and look at the queue again once the GIL is ours (see `queue`).
             let job = match jobs.try_pop() {
                 Some(j) => j,
-                None => py.detach(|| jobs.pop()),
+                None => {
+                    py.detach(|| jobs.wait());
+                    match jobs.take_as_standby() {
+                        Some(j) => j,
+                        None => continue,
+                    }
+                }
             };
             if job.reply.is_closed() {
                 continue; // the client left (or got 504) while the request waited
