@@ -54,7 +54,8 @@ pub struct ProxyOpts {
     #[arg(long, env = "KUBEWSGI_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// Threads serving client and upstream connections (default: one per CPU core).
+    /// Threads serving client and upstream connections (default: one per four CPU cores, at
+    /// least one; one thread runs without cross-thread wake-ups).
     #[arg(long, env = "KUBEWSGI_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub io_threads: Option<u16>,
 
