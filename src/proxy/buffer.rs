@@ -1,7 +1,7 @@
 //! Whole-body buffering: small bodies stay in memory as `Bytes`, large ones are spooled to a
 //! temporary file, so neither a slow client nor a slow reader ever holds a worker thread.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -10,7 +10,6 @@ use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tempfile::NamedTempFile;
-use tokio::io::AsyncWriteExt;
 
 /// Boxed error of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,7 +60,7 @@ impl Buffered {
             Buffered::File { file, .. } => {
                 // An independent open file description: its offset is not shared with other readers.
                 let f = tokio::fs::File::from_std(file.reopen()?);
-                let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024)
+                let stream = tokio_util::io::ReaderStream::with_capacity(f, SPOOL_BATCH)
                     .map_ok(Frame::data)
                     .map_err(|e| -> BoxError { Box::new(e) });
                 Ok(UnsyncBoxBody::new(StreamBody::new(stream)))
@@ -75,6 +74,10 @@ pub fn full(b: impl Into<Bytes>) -> ProxyBody {
     UnsyncBoxBody::new(Full::new(b.into()).map_err(|never| match never {}))
 }
 
+/// Spooled bytes are handed to a blocking thread in batches of this size: a thread hand-off per
+/// body frame (a few KiB each) cost more than writing the file.
+const SPOOL_BATCH: usize = 256 * 1024;
+
 /// Reads `body` to its end: in memory up to `memory_limit` bytes, then into a temporary file in
 /// `spool_dir`; more than `max` bytes fails with [`BufferError::TooLarge`].
 pub async fn collect<B>(
@@ -87,9 +90,11 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    // Chunks not yet written: all of them while in memory, the current batch once spooling.
     let mut chunks: Vec<Bytes> = Vec::new();
+    let mut pending: usize = 0;
     let mut total: u64 = 0;
-    let mut spool: Option<(NamedTempFile, tokio::fs::File)> = None;
+    let mut spool: Option<(NamedTempFile, std::fs::File)> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BufferError::Read(e.into()))?;
         let Ok(data) = frame.into_data() else {
@@ -99,30 +104,47 @@ where
         if max.is_some_and(|m| total > m) {
             return Err(BufferError::TooLarge(max.unwrap_or_default()));
         }
+        pending += data.len();
+        chunks.push(data);
         if spool.is_none() && total > memory_limit as u64 {
             let named = match spool_dir {
                 Some(d) => NamedTempFile::new_in(d)?,
                 None => NamedTempFile::new()?,
             };
-            let mut f = tokio::fs::File::from_std(named.reopen()?);
-            for c in chunks.drain(..) {
-                f.write_all(&c).await?;
-            }
-            spool = Some((named, f));
+            let file = named.reopen()?;
+            spool = Some((named, file));
         }
-        match &mut spool {
-            Some((_, f)) => f.write_all(&data).await?,
-            None => chunks.push(data),
+        if let Some((_, file)) = &mut spool
+            && pending >= SPOOL_BATCH
+        {
+            write_batch(file, std::mem::take(&mut chunks)).await?;
+            pending = 0;
         }
     }
-    if let Some((named, mut f)) = spool {
-        f.flush().await?;
+    if let Some((named, mut file)) = spool {
+        write_batch(&mut file, chunks).await?;
         return Ok(Buffered::File {
             file: named,
             len: total,
         });
     }
     Ok(Buffered::Memory(concat(chunks, total as usize)))
+}
+
+/// Appends `chunks` to the spool file on a blocking thread.
+async fn write_batch(file: &mut std::fs::File, chunks: Vec<Bytes>) -> io::Result<()> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let mut f = file.try_clone()?;
+    tokio::task::spawn_blocking(move || {
+        for c in chunks {
+            f.write_all(&c)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
