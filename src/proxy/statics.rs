@@ -129,14 +129,15 @@ async fn escapes(root: &Path, rest: &str) -> bool {
         candidates.push(p.into());
     }
     candidates.push(path.join("index.html"));
-    for c in candidates {
-        if let Ok(real) = tokio::fs::canonicalize(&c).await
-            && !real.starts_with(root)
-        {
-            return true;
-        }
-    }
-    false
+    // One blocking hand-off for all candidates rather than one each.
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        candidates
+            .iter()
+            .any(|c| std::fs::canonicalize(c).is_ok_and(|real| !real.starts_with(&root)))
+    })
+    .await
+    .unwrap_or(true)
 }
 
 /// File names carrying a content hash (`app.3f2a9c1b.js`, Django's `app.3f2a9c1b0e12.css`,
