@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use super::reply::ReplyTx;
 
 /// A chunk of a streamed body; `Err` means the stream broke (client gone, or cut the connection).
 pub type Chunk = Result<Bytes, BodyBroken>;
@@ -45,7 +47,7 @@ pub struct Job {
     pub headers: HeaderMap,
     pub peer: Peer,
     pub input: Input,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: ReplyTx,
     /// Milliseconds since the worker's epoch when a Python thread picked the job up (0 = still queued).
     pub picked_at: Arc<AtomicU64>,
 }

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod job;
 pub mod queue;
+pub mod reply;
 pub mod report;
 pub mod server;
 
@@ -56,6 +57,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     };
     let shared = Arc::new(Shared {
         jobs: jobs.clone(),
+        wakes: Arc::new(reply::Wakes::default()),
         busy: AtomicU32::new(0),
         requests: AtomicU64::new(0),
         max_requests: if opts.max_requests > 0 {
@@ -123,8 +125,11 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
 }
 
 fn io_thread(shared: Arc<Shared>, start: oneshot::Receiver<()>, grace: std::time::Duration) {
+    let (park, unpark) = (shared.wakes.clone(), shared.wakes.clone());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(move || park.before_park())
+        .on_thread_unpark(move || unpark.after_unpark())
         .build()
     {
         Ok(rt) => rt,

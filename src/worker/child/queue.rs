@@ -137,11 +137,8 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
-    fn job() -> (
-        Job,
-        tokio::sync::oneshot::Receiver<super::super::job::Reply>,
-    ) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    fn job() -> (Job, super::super::reply::ReplyRx) {
+        let (tx, rx) = super::super::reply::channel(Arc::default());
         let j = Job {
             method: http::Method::GET,
             uri: http::Uri::from_static("/"),

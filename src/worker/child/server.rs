@@ -14,10 +14,11 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::body::RespBody;
 use super::job::{Input, Job, Peer, Reply, ReplyBody};
+use super::reply::{ReplyRx, Wakes};
 use super::report::Reporter;
 
 /// How long an accepted connection without a request counts as load.
@@ -29,6 +30,8 @@ const PRELOAD_LIMIT: u64 = 64 * 1024;
 /// State shared by the HTTP side of one worker process.
 pub struct Shared {
     pub jobs: Arc<super::queue::JobQueue>,
+    /// Wake-ups of connection tasks by the Python threads, deferred while this thread is busy.
+    pub wakes: Arc<Wakes>,
     pub busy: AtomicU32,
     pub requests: AtomicU64,
     pub max_requests: u64,
@@ -298,7 +301,7 @@ async fn handle(
             ));
         }
     };
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = super::reply::channel(shared.wakes.clone());
     let picked_at = Arc::new(AtomicU64::new(0));
     let job = Job {
         method: parts.method,
@@ -348,11 +351,7 @@ enum Waited {
 }
 
 /// Waits for the app's reply; the deadline runs from when a Python thread picked the request up.
-async fn wait_reply(
-    mut rx: oneshot::Receiver<Reply>,
-    picked_at: &AtomicU64,
-    shared: &Shared,
-) -> Waited {
+async fn wait_reply(mut rx: ReplyRx, picked_at: &AtomicU64, shared: &Shared) -> Waited {
     if shared.timeout.is_zero() {
         return rx.await.map_or(Waited::Lost, Waited::Reply);
     }

@@ -19,6 +19,7 @@ use super::response::StartResponse;
 use super::streams::FileWrapper;
 use crate::worker::child::job::{Input as Source, Job};
 use crate::worker::child::queue::JobQueue;
+use crate::worker::child::reply::ReplyTx;
 use crate::worker::child::server::Shared;
 
 /// The loaded app and the per-process environ constants.
@@ -57,8 +58,7 @@ pub fn thread_main(app: Arc<App>, jobs: Arc<JobQueue>, shared: Arc<Shared>) {
 
 fn serve(py: Python<'_>, app: &App, env: &mut EnvBuilder, mut job: Job) {
     let input = std::mem::replace(&mut job.input, Source::Full(Bytes::new()));
-    let (tx, _) = tokio::sync::oneshot::channel();
-    let reply = std::mem::replace(&mut job.reply, tx);
+    let reply = std::mem::replace(&mut job.reply, ReplyTx::detached());
     let is_head = job.method == Method::HEAD;
     let result = (|| -> PyResult<(Bound<'_, StartResponse>, PyResult<Bound<'_, PyAny>>)> {
         let sr = Bound::new(py, StartResponse::new(reply, is_head))?;

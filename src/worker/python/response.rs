@@ -8,9 +8,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::worker::child::job::{BodyBroken, Chunk, Reply, ReplyBody};
+use crate::worker::child::reply::ReplyTx;
 
 /// A validated status line and header list.
 #[derive(Debug, Clone)]
@@ -25,7 +26,7 @@ pub struct Head {
 #[pyclass(module = "kubewsgi", name = "StartResponse")]
 pub struct StartResponse {
     head: Option<Head>,
-    reply: Option<oneshot::Sender<Reply>>,
+    reply: Option<ReplyTx>,
     stream: Option<mpsc::Sender<Chunk>>,
     is_head_request: bool,
     sent: u64,
@@ -169,7 +170,7 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
 }
 
 impl StartResponse {
-    pub fn new(reply: oneshot::Sender<Reply>, is_head_request: bool) -> Self {
+    pub fn new(reply: ReplyTx, is_head_request: bool) -> Self {
         StartResponse {
             head: None,
             reply: Some(reply),

@@ -28,7 +28,7 @@ fn job(req: Request<()>, peer: Peer) -> Job {
         headers: parts.headers,
         peer,
         input: Input::Full(Bytes::new()),
-        reply: tokio::sync::oneshot::channel().0,
+        reply: crate::worker::child::reply::ReplyTx::detached(),
         picked_at: Arc::new(AtomicU64::new(0)),
     }
 }
