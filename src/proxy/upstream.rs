@@ -257,6 +257,116 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    /// A raw HTTP/1.1 server on a Unix socket counting its connections; it answers `ok` and
+    /// closes after one response when `close_after_one`.
+    fn server(path: &std::path::Path, close_after_one: bool) -> Arc<AtomicUsize> {
+        let listener = UnixListener::bind(path).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let close = if close_after_one {
+                                "Connection: close\r\n"
+                            } else {
+                                ""
+                            };
+                            let answer =
+                                format!("HTTP/1.1 200 OK\r\n{close}Content-Length: 2\r\n\r\nok");
+                            if s.write_all(answer.as_bytes()).await.is_err() || close_after_one {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        accepted
+    }
+
+    async fn get(up: &Upstream, fresh: bool, release: bool) -> Vec<u8> {
+        let mut req = Request::new(super::super::buffer::full(""));
+        *req.uri_mut() = Upstream::uri(None);
+        let (resp, lease) = up.send(req, fresh).await.expect("answered");
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        if release {
+            up.release(lease);
+        }
+        body
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_only_when_released_and_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let accepted = server(&path, false);
+        let up = Upstream::new(Target::Unix(path));
+        assert_eq!(get(&up, false, true).await, b"ok");
+        assert_eq!(get(&up, false, true).await, b"ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "released connection reused"
+        );
+        assert_eq!(get(&up, true, true).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "fresh opens a new one");
+        // Two idle now; one is taken and not released, the other serves the next request.
+        assert_eq!(get(&up, false, false).await, b"ok");
+        assert_eq!(get(&up, false, true).await, b"ok");
+        assert_eq!(get(&up, false, true).await, b"ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the unreleased connection is dropped, the other reused"
+        );
+        assert_eq!(get(&up, false, false).await, b"ok");
+        assert_eq!(get(&up, false, true).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closed_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let accepted = server(&path, true);
+        let up = Upstream::new(Target::Unix(path));
+        for i in 1..=3 {
+            assert_eq!(get(&up, false, true).await, b"ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_a_connect_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Upstream::new(Target::Unix(dir.path().join("none.sock")));
+        let mut req = Request::new(super::super::buffer::full(""));
+        *req.uri_mut() = Upstream::uri(None);
+        assert_eq!(up.send(req, false).await.err(), Some(Failure::Connect));
+    }
 
     #[test]
     fn targets() {
