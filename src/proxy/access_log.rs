@@ -300,6 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn lines_gather_in_the_buffer_and_beyond_its_bound_are_counted_as_dropped() {
+        // No writer thread: the lines stay where requests put them.
+        let log = AccessLogger {
+            format: AccessLog::Combined,
+            shared: Arc::new(Buffer::default()),
+        };
+        let ua = HeaderValue::from_static("x");
+        log.log(&entry(&ua, &Method::GET));
+        log.log(&entry(&ua, &Method::POST));
+        let text = String::from_utf8(log.shared.lines.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("\"POST /a"), "{text}");
+        log.shared.lines.lock().unwrap().resize(MAX_BUFFERED, b'.');
+        log.log(&entry(&ua, &Method::GET));
+        assert_eq!(log.shared.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(log.shared.lines.lock().unwrap().len(), MAX_BUFFERED);
+    }
+
+    #[test]
     fn control_bytes_are_escaped() {
         let mut out = String::new();
         push_escaped(&mut out, "a\"b\\c\u{7f}\n");
