@@ -15,7 +15,7 @@ import (
 )
 
 const (
-	serviceCIDR = "10.0.0.0/24"
+	serviceCIDR = "10.0.0.0/16"
 	// serviceIP is the first address of serviceCIDR: the in-cluster `kubernetes` Service.
 	serviceIP = "10.0.0.1"
 	// fullControllers is every controller the controller-manager runs by default.
