@@ -273,9 +273,12 @@ async fn lead(
     );
     // Deployments and pods are watched once and kept in stores the autoscaler reads every tick,
     // so a tick costs the API server nothing but the writes it decides on.
-    let (deployments, deployment_stream) =
-        reflected(api::<Deployment>(client, ns), managed.clone());
-    let (pod_store, pod_stream) = reflected(api::<Pod>(client, ns), pods);
+    let (deployments, deployment_stream) = reflected(
+        api::<Deployment>(client, ns),
+        managed.clone(),
+        trim_deployment,
+    );
+    let (pod_store, pod_stream) = reflected(api::<Pod>(client, ns), pods, trim_pod);
     let controller = Controller::new(api::<WsgiApp>(client, ns), watcher::Config::default())
         .owns_stream(deployment_stream)
         .owns(api::<Service>(client, ns), managed.clone())
@@ -321,11 +324,12 @@ async fn lead(
 }
 
 /// A watch of `api` kept in a store, and the stream of touched objects that drives both the store
-/// and the controller's triggers. Managed fields are dropped: nothing reads them and they are
-/// often the larger part of an object.
+/// and the controller's triggers. Objects are trimmed by `trim` before they are stored: the store
+/// holds one per pod and per app, and only the autoscaler reads it.
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl futures_util::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
@@ -342,10 +346,40 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .backoff(watch_backoff())
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(move |o| {
+            // Nothing reads them, and they are often the larger part of an object.
+            o.managed_fields_mut().clear();
+            o.annotations_mut().clear();
+            trim(o);
+        })
         .reflect(writer)
         .touched_objects();
     (reader, stream)
+}
+
+/// What the autoscaler reads of a Deployment: metadata, `spec.replicas` and status. The pod
+/// template is most of the object, and reconciles read Deployments from the API server.
+fn trim_deployment(d: &mut Deployment) {
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+/// What the autoscaler reads of a pod: metadata, status, and the containers' names and ports.
+fn trim_pod(p: &mut Pod) {
+    if let Some(spec) = p.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            containers: std::mem::take(&mut spec.containers)
+                .into_iter()
+                .map(|c| k8s_openapi::api::core::v1::Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
