@@ -308,6 +308,21 @@ async fn response_rules() {
     assert_eq!(r.text(), "123");
     let r = s.get("/raw/cl_long_gen").await;
     assert_eq!(r.text(), "123");
+    // A first chunk that alone reaches the Content-Length is the whole body: the connection stays
+    // usable for the next request and the iterable is still closed.
+    let mut c = Conn::open(t).await.unwrap();
+    let r = c
+        .send("GET", "/raw/cl_first_gen", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "12345");
+    assert_eq!(r.header("content-length"), Some("5"));
+    let r = c
+        .send("GET", "/raw/cl_long", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "123");
+    closed_once(&s, "cl_first_gen").await;
     match request(t, "GET", "/raw/cl_short", &[], Bytes::new()).await {
         Err(e) => assert!(e.contains("closed"), "{e}"),
         Ok(r) => assert!(

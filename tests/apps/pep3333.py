@@ -192,6 +192,10 @@ def raw(environ, start_response):
     if path == "/cl_long_gen":
         start_response("200 OK", [("Content-Length", "3")])
         return iter([b"12", b"345", b"678"])
+    if path == "/cl_first_gen":
+        # The first chunk alone reaches the Content-Length: the rest is never sent.
+        start_response("200 OK", [("Content-Length", "5")])
+        return Closing([b"1234567", b"89"], "cl_first_gen")
     if path == "/hop":
         start_response("200 OK", [("Keep-Alive", "timeout=99"), ("Connection", "close"), ("Content-Type", "text/plain")])
         return [b"hop"]

@@ -258,6 +258,11 @@ impl StartResponse {
             return Ok(());
         }
         let data = Bytes::copy_from_slice(self.allowed(data));
+        if self.done && !self.head_sent() {
+            // The first chunk completes the declared Content-Length: nothing can follow it, so it
+            // goes out as one whole reply, without a stream to the HTTP thread.
+            return self.finish_full(data);
+        }
         if let Some(reply) = self.reply.take() {
             let head = self.take_head()?;
             let (tx, rx) = mpsc::channel(4);
