@@ -88,6 +88,11 @@ pub struct ControllerArgs {
     /// Seconds between reconciles of an unchanged WsgiApp.
     #[arg(long, env = "KUBEWSGI_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
+
+    /// WsgiApps reconciled at once; the others wait their turn (a burst of thousands would
+    /// otherwise hold thousands of requests and their buffers at the same time).
+    #[arg(long, env = "KUBEWSGI_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 }
 
 /// Errors of the operator.
@@ -289,6 +294,7 @@ async fn lead(
             Some(ObjectRef::<WsgiApp>::new(app).within(&pod.namespace()?))
         })
         .trigger_backoff(watch_backoff())
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(shutdown.clone());
     let stores = autoscale::Stores {
         apps: controller.store(),
