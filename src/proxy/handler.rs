@@ -19,7 +19,8 @@ use super::config::ProxyOpts;
 use super::control::WorkerStatus;
 use super::forwarded::{self, TrustedProxies};
 use super::statics::Statics;
-use super::upstream::{Failure, Upstream};
+use super::passthrough;
+use super::upstream::{Failure, Lease, Upstream};
 use super::validate;
 use crate::metrics::Metrics;
 
@@ -250,10 +251,18 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
     let deadline = tokio::time::Instant::now() + opts.upstream_timeout;
     let exchange = exchange(shared, &parts, &body);
     let result = tokio::time::timeout_at(deadline, exchange).await;
-    drop(slot);
     drop(body);
     match result {
-        Ok(Ok((head, buffered))) => respond(head, buffered, head_only),
+        Ok(Ok(Answer::Buffered(head, buffered))) => {
+            drop(slot);
+            respond(head, buffered, head_only)
+        }
+        Ok(Ok(Answer::Passed(mut head, incoming, lease))) => {
+            forwarded::strip_hop_by_hop(&mut head.headers);
+            head.headers.remove(passthrough::ACCEL_BUFFERING);
+            head.version = Version::default();
+            Response::from_parts(head, passthrough::body(incoming, slot, lease))
+        }
         Ok(Err(kind)) => {
             shared.metrics.upstream_error(kind);
             error(
@@ -273,13 +282,20 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
     }
 }
 
-/// Sends the request and reads the whole response; one retry on a fresh connection when nothing
-/// was sent (connect failure) or the method is idempotent and no response byte arrived.
+/// The worker server's answer: read whole, or (when the app asks for it) passed on as it comes.
+enum Answer {
+    Buffered(http::response::Parts, Buffered),
+    Passed(http::response::Parts, Incoming, Lease),
+}
+
+/// Sends the request and reads the whole response unless it is passed through; one retry on a
+/// fresh connection when nothing was sent (connect failure) or the method is idempotent and no
+/// response byte arrived.
 async fn exchange(
     shared: &Shared,
     parts: &http::request::Parts,
     body: &Buffered,
-) -> Result<(http::response::Parts, Buffered), &'static str> {
+) -> Result<Answer, &'static str> {
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -300,6 +316,9 @@ async fn exchange(
         }
     };
     let (head, incoming) = resp.into_parts();
+    if passthrough::wanted(&head.headers) {
+        return Ok(Answer::Passed(head, incoming, lease));
+    }
     let opts = &shared.opts;
     let buffered = buffer::collect(
         incoming,
@@ -313,7 +332,7 @@ async fn exchange(
         "body"
     })?;
     shared.upstream.release(lease);
-    Ok((head, buffered))
+    Ok(Answer::Buffered(head, buffered))
 }
 
 fn respond(

@@ -9,6 +9,7 @@ pub mod control;
 pub mod forwarded;
 pub mod fuzz_checks;
 pub mod handler;
+pub mod passthrough;
 pub mod raw_head;
 pub mod server;
 pub mod statics;
