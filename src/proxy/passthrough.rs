@@ -85,7 +85,10 @@ mod tests {
         assert!(!wanted(&h));
         h.insert(CONTENT_TYPE, "text/html".parse().unwrap());
         assert!(!wanted(&h));
-        h.insert(CONTENT_TYPE, "Text/Event-Stream; charset=utf-8".parse().unwrap());
+        h.insert(
+            CONTENT_TYPE,
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
         assert!(wanted(&h));
         let mut h = HeaderMap::new();
         h.insert(ACCEL_BUFFERING, "yes".parse().unwrap());

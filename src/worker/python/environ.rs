@@ -134,7 +134,8 @@ struct HostStrs {
     raw: Vec<u8>,
     https: bool,
     value: Py<PyString>,
-    name: Py<PyString>,
+    /// None when the Host names no host (`Host:` or `Host: :8080`).
+    name: Option<Py<PyString>>,
     port: Py<PyString>,
 }
 
@@ -201,7 +202,7 @@ impl EnvBuilder {
                 raw: raw.to_vec(),
                 https,
                 value: latin1(py, raw).unbind(),
-                name: latin1(py, &name).unbind(),
+                name: (!name.is_empty()).then(|| latin1(py, &name).unbind()),
                 port: PyString::new(py, &port).unbind(),
             });
         }
@@ -322,17 +323,31 @@ impl EnvBuilder {
         let host = fwd
             .host
             .or_else(|| h.get(header::HOST).map(|v| v.as_bytes()));
+        // PEP 3333 wants a non-empty SERVER_NAME; an empty Host (RFC 9110 allows one) names no
+        // host, so the listening address stands in for it.
+        let listening = || match job.peer.local {
+            Some(a) => PyString::new(py, &a.ip().to_string()),
+            None => c.localhost.bind(py).clone(),
+        };
         if let Some(raw) = single_host {
             let hs = self.host_strs(py, raw, https);
             d.set_item(&k.http_host, hs.value.bind(py))?;
-            d.set_item(&k.server_name, hs.name.bind(py))?;
+            match &hs.name {
+                Some(name) => d.set_item(&k.server_name, name.bind(py))?,
+                None => d.set_item(&k.server_name, listening())?,
+            }
             d.set_item(&k.server_port, hs.port.bind(py))?;
         } else {
             let default_port = if https { "443" } else { "80" };
             let (name, port) = match host {
                 Some(hv) => {
                     let (n, p) = split_host(hv, default_port);
-                    (latin1(py, &n), PyString::new(py, &p))
+                    let name = if n.is_empty() {
+                        listening()
+                    } else {
+                        latin1(py, &n)
+                    };
+                    (name, PyString::new(py, &p))
                 }
                 None => match job.peer.local {
                     Some(a) => (

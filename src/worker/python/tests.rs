@@ -260,6 +260,24 @@ fn one_builder_many_requests() {
         assert_eq!(get(&d, "SERVER_NAME").as_deref(), Some("127.0.0.1"));
         assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some("8000"));
         assert_eq!(get(&d, "REMOTE_PORT").as_deref(), Some("4001"));
+
+        // A Host that names no host (`Host:`, `Host: :8080`): SERVER_NAME is never empty, the
+        // listening address stands in; the port still comes from the Host when it has one.
+        for (raw, port) in [("", "80"), (":8080", "8080")] {
+            let r = Request::builder()
+                .uri("/")
+                .header("host", raw)
+                .body(())
+                .unwrap();
+            let d = env(r, tcp("127.0.0.2:4001"));
+            assert_eq!(get(&d, "HTTP_HOST").as_deref(), Some(raw));
+            assert_eq!(
+                get(&d, "SERVER_NAME").as_deref(),
+                Some("127.0.0.1"),
+                "{raw:?}"
+            );
+            assert_eq!(get(&d, "SERVER_PORT").as_deref(), Some(port), "{raw:?}");
+        }
     });
 }
 
