@@ -77,8 +77,6 @@ pub async fn run(
             .into_iter()
             .filter(|a| scale::builtin_owns_replicas(a))
             .collect();
-        let keys: Vec<String> = apps.iter().map(|a| key(a)).collect();
-        states.retain(|k, _| keys.contains(k));
         let mut pods_of: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         for p in stores.pods.state() {
             if let Some(app) = p.labels().get(labels::APP) {
@@ -114,7 +112,11 @@ pub async fn run(
             .buffer_unordered(CONCURRENT_APPS)
             .collect()
             .await;
-        states.extend(done.into_iter().filter_map(|(k, s)| Some((k, s?))));
+        // What was not taken out above belongs to apps that are gone or no longer autoscaled.
+        states = done
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect();
     }
 }
 
