@@ -50,16 +50,17 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    // Before the first list a store is empty, which would read as "no pods ready".
+    // Before its first list a store is empty, which would read as "no pods ready". The WsgiApp
+    // store needs no wait (an app not yet listed is just not ticked), and the controller's store
+    // was seen never to report ready under kube-runtime 5, which would stall the loop.
     let ready = async {
         let _ = futures_util::join!(
-            stores.apps.wait_until_ready(),
             stores.deployments.wait_until_ready(),
             stores.pods.wait_until_ready()
         );
     };
     tokio::select! {
-        _ = ready => {}
+        _ = ready => debug!("watch stores ready"),
         _ = &mut stop => return,
     }
     let scraper = Scraper::new();
@@ -150,6 +151,7 @@ async fn tick(
     }
 
     let Some(deployment) = seen.deployment else {
+        debug!("no Deployment yet");
         return Ok(());
     };
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
