@@ -59,6 +59,16 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || *n == PROXY_CONNECTION
 }
 
+/// The header names the `Connection` header lists (those it names are hop-by-hop too).
+pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Removes the headers that describe one connection only (RFC 9110 §7.6.1), including every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -66,14 +76,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    for n in connection_named(h) {
         h.remove(n);
     }
     for n in [

@@ -94,13 +94,7 @@ fn check_accepted(req: &Request<()>, host: Option<&HeaderValue>, trusted: bool) 
         );
     }
     let mut h = req.headers().clone();
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named = forwarded::connection_named(&h);
     forwarded::strip_hop_by_hop(&mut h);
     for n in named.iter().chain(&[
         header::CONNECTION,
