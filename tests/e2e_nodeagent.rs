@@ -8,7 +8,7 @@ mod support_cp;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::Api;
 use support_cp::{ControlPlane, pids_with_env, pod_get};
 
@@ -155,12 +155,23 @@ spec:
     volumeMounts: [{name: data, mountPath: /run/kubewsgi-e2e/data}]
 "#,
     );
-    let pod = wait_for(&cp, "pod env running with both containers' files", || {
+    // The containers write their files before the agent's next status write (it coalesces
+    // changes over 100 ms), so the pod is read again until its status has caught up too.
+    let pod = wait_for(&cp, "pod env running with its containers' files", || {
         let pod = get_pod(&cp, "env")?;
         read(&volume(&cp, &pod, "data").join("b"))?;
         read(&volume(&cp, &pod, "data").join("marker-c"))?;
         read(&volume(&cp, &pod, "data").join("side"))?;
-        Some(pod)
+        let status = pod.status.as_ref()?;
+        let running = |s: &[ContainerStatus]| {
+            s.iter()
+                .filter(|c| c.name != "init")
+                .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        };
+        (status.phase.as_deref() == Some("Running")
+            && running(status.init_container_statuses.as_deref()?)
+            && running(status.container_statuses.as_deref()?))
+        .then_some(pod)
     });
     let data = volume(&cp, &pod, "data");
     let status = pod.status.clone().unwrap();
