@@ -168,3 +168,43 @@ fn nothing_outside_the_directory() {
         assert!(status(&r) == 404 || status(&r) == 400, "{path}: {r}");
     }
 }
+
+#[test]
+fn small_files_are_served_from_memory_for_their_validity() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    std::fs::write(d.join("v.txt"), "one\n").unwrap();
+    let mount = format!("/static={}", d.display());
+    let long = Stack::start(1, 1, &["--static", &mount, "--static-cache-valid", "600"]);
+    let short = Stack::start(1, 1, &["--static", &mount, "--static-cache-valid", "0.3"]);
+    let off = Stack::start(1, 1, &["--static", &mount, "--static-cache-size", "0"]);
+    let first = get(&long, "/static/v.txt", "");
+    for s in [&long, &short, &off] {
+        assert_eq!(body(&get(s, "/static/v.txt", "")), "one\n");
+    }
+    std::fs::write(d.join("v.txt"), "two\n").unwrap();
+
+    // Within its validity the kept copy is served, with the headers the file had.
+    let hit = get(&long, "/static/v.txt", "");
+    assert_eq!(body(&hit), "one\n");
+    for name in ["content-type", "content-length", "etag", "last-modified"] {
+        assert_eq!(header(&hit, name), header(&first, name), "{name}");
+    }
+    // Ranges and conditional requests always read the file.
+    let r = get(&long, "/static/v.txt", "Range: bytes=0-2\r\n");
+    assert_eq!((status(&r), body(&r)), (206, "two"), "{r}");
+    let r = get(&long, "/static/v.txt", "If-None-Match: \"stale\"\r\n");
+    assert_eq!(body(&r), "two\n");
+    // HEAD is never answered from memory either.
+    let r = raw(
+        long.addr,
+        b"HEAD /static/v.txt HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&r), 200);
+
+    // Without the cache a change shows at once; with a short validity, once it has passed.
+    assert_eq!(body(&get(&off, "/static/v.txt", "")), "two\n");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(body(&get(&short, "/static/v.txt", "")), "two\n");
+    assert_eq!(body(&get(&short, "/static/v.txt", "")), "two\n");
+}

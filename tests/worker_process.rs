@@ -176,15 +176,24 @@ async fn sighup_replaces_all_workers_without_failing_a_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish() {
-    let mut s = start(&[
-        "--workers",
-        "1",
-        "--threads",
-        "2",
-        "--graceful-timeout",
-        "20",
-    ]);
-    s.ready(1).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut s = Server::start_with(
+        "pep3333:app",
+        &[
+            "--chdir",
+            common::apps_dir().to_str().unwrap(),
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+            "--graceful-timeout",
+            "20",
+        ],
+        |c| {
+            c.env("PEP3333_STATE", state.path());
+        },
+    );
+    let pid = pids(&s.ready(1).await)[0];
     let t = s.target.clone();
     let inflight =
         tokio::spawn(async move { request(&t, "GET", "/sleep?s=2", &[], Bytes::new()).await });
@@ -196,6 +205,10 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     let code = tokio::task::block_in_place(|| s.wait_exit(30));
     assert_eq!(code, Some(0), "{}", s.log());
     assert!(!s.dir.path().join("app.sock").exists(), "socket removed");
+    assert!(
+        state.path().join(format!("atexit-{pid}")).exists(),
+        "the drained worker ran the app's atexit handlers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

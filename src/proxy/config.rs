@@ -14,6 +14,15 @@ pub struct ProxyOpts {
     #[arg(long = "static", env = "KUBEWSGI_STATIC", value_name = "URL=DIR", value_delimiter = ',', value_parser = StaticMount::parse)]
     pub static_mounts: Vec<StaticMount>,
 
+    /// Memory for whole small static files (each at most an eighth of it and 1 MiB); `0` turns
+    /// the cache off.
+    #[arg(long, env = "KUBEWSGI_STATIC_CACHE_SIZE", default_value = "16m", value_parser = parse_size)]
+    pub static_cache_size: u64,
+
+    /// Seconds a cached static file is served before it is read from disk again.
+    #[arg(long, env = "KUBEWSGI_STATIC_CACHE_VALID", default_value = "1", value_parser = parse_seconds)]
+    pub static_cache_valid: Duration,
+
     /// Largest request body accepted (`1m`, `512k`, bytes); larger gets 413.
     #[arg(long, env = "KUBEWSGI_MAX_BODY_SIZE", default_value = "10m", value_parser = parse_size)]
     pub max_body_size: u64,

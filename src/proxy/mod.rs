@@ -12,6 +12,7 @@ pub mod handler;
 pub mod passthrough;
 pub mod raw_head;
 pub mod server;
+pub mod static_cache;
 pub mod statics;
 pub mod tls;
 pub mod upstream;
@@ -111,7 +112,8 @@ pub struct Running {
 pub async fn start(cfg: Config) -> Result<Running> {
     let opts = cfg.opts;
     let target = upstream::Target::parse(&cfg.upstream).map_err(Error::Config)?;
-    let statics = statics::Statics::new(&opts.static_mounts).map_err(Error::Config)?;
+    let cache = static_cache::StaticCache::new(opts.static_cache_size, opts.static_cache_valid);
+    let statics = statics::Statics::new(&opts.static_mounts, cache).map_err(Error::Config)?;
     let trusted = forwarded::TrustedProxies::parse(&opts.trusted_proxies).map_err(Error::Config)?;
     let tls = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k).map_err(Error::Config)?),

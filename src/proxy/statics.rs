@@ -2,7 +2,8 @@
 //! 304, Range, precompressed `.gz`/`.br`, content types).
 //!
 //! `ServeDir` refuses `..` (also percent-encoded) but follows symlinks; a canonical-path check
-//! here keeps every served file inside DIR.
+//! here keeps every served file inside DIR. Small whole-file answers are kept in a
+//! [`StaticCache`].
 
 use std::path::{Component, Path, PathBuf};
 
@@ -15,6 +16,7 @@ use tower_http::services::ServeDir;
 
 use super::buffer::{ProxyBody, full};
 use super::config::StaticMount;
+use super::static_cache::StaticCache;
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
@@ -24,12 +26,15 @@ struct Mount {
     serve: ServeDir,
 }
 
-/// All static mounts, longest URL prefix first.
-pub struct Statics(Vec<Mount>);
+/// All static mounts, longest URL prefix first, and the cache in front of them.
+pub struct Statics {
+    mounts: Vec<Mount>,
+    cache: StaticCache,
+}
 
 impl Statics {
     /// Checks every DIR exists and is a directory.
-    pub fn new(mounts: &[StaticMount]) -> Result<Self, String> {
+    pub fn new(mounts: &[StaticMount], cache: StaticCache) -> Result<Self, String> {
         let mut out = Vec::new();
         for m in mounts {
             let root = std::fs::canonicalize(&m.dir)
@@ -57,12 +62,12 @@ impl Statics {
             });
         }
         out.sort_by_key(|m| std::cmp::Reverse(m.url.len()));
-        Ok(Self(out))
+        Ok(Self { mounts: out, cache })
     }
 
     /// The mount serving `path` and the path inside it, if any.
     fn find<'a>(&self, path: &'a str) -> Option<(&Mount, &'a str)> {
-        self.0.iter().find_map(|m| {
+        self.mounts.iter().find_map(|m| {
             let rest = path.strip_prefix(m.url.as_str())?;
             (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
         })
@@ -75,6 +80,10 @@ impl Statics {
 
     /// Serves a request whose path [`Statics::matches`].
     pub async fn serve<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let key = self.cache.key(req);
+        if let Some(hit) = key.as_ref().and_then(|k| self.cache.get(k)) {
+            return hit;
+        }
         let Some((mount, rest)) = self.find(req.uri().path()) else {
             return status(StatusCode::NOT_FOUND);
         };
@@ -94,11 +103,21 @@ impl Statics {
         };
         let Ok(resp) = mount.serve.clone().oneshot(inner).await;
         let hashed = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
-        let mut resp = resp.map(|b| b.map_err(Into::into).boxed_unsync());
+        let (mut parts, body) = resp.into_parts();
         if hashed && is_hashed_name(rest) {
-            resp.headers_mut().insert(header::CACHE_CONTROL, IMMUTABLE);
+            parts.headers.insert(header::CACHE_CONTROL, IMMUTABLE);
         }
-        resp
+        match key {
+            Some(key) if self.cache.wants(parts.status, &parts.headers) => {
+                // Read whole now (it is small) so the next request needs no file at all.
+                let Ok(body) = body.collect().await.map(|c| c.to_bytes()) else {
+                    return status(StatusCode::INTERNAL_SERVER_ERROR);
+                };
+                self.cache.insert(key, parts.headers.clone(), body.clone());
+                Response::from_parts(parts, full(body))
+            }
+            _ => Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
+        }
     }
 }
 
@@ -157,6 +176,8 @@ fn is_hashed_name(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -178,16 +199,20 @@ mod tests {
     #[test]
     fn mount_matching() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Statics::new(&[
-            StaticMount::parse(&format!("/static={}", dir.path().display())).unwrap(),
-            StaticMount::parse(&format!("/static/deep={}", dir.path().display())).unwrap(),
-        ])
+        let s = Statics::new(
+            &[
+                StaticMount::parse(&format!("/static={}", dir.path().display())).unwrap(),
+                StaticMount::parse(&format!("/static/deep={}", dir.path().display())).unwrap(),
+            ],
+            StaticCache::new(0, Duration::ZERO),
+        )
         .unwrap();
         assert!(s.matches("/static"));
         assert!(s.matches("/static/a.css"));
         assert!(!s.matches("/staticky"));
         assert!(!s.matches("/"));
         assert_eq!(s.find("/static/deep/x").unwrap().0.url, "/static/deep");
-        assert!(Statics::new(&[StaticMount::parse("/s=/nonexistent/dir").unwrap()]).is_err());
+        let missing = [StaticMount::parse("/s=/nonexistent/dir").unwrap()];
+        assert!(Statics::new(&missing, StaticCache::new(0, Duration::ZERO)).is_err());
     }
 }

@@ -1,5 +1,6 @@
 """A plain WSGI app exercising PEP 3333, wrapped in wsgiref.validate (routes under /raw/ are not,
 because they deliberately break the rules the validator enforces)."""
+import atexit
 import json
 import os
 import sys
@@ -15,6 +16,10 @@ STATE = os.environ.get("PEP3333_STATE") or tempfile.mkdtemp()
 def record(name):
     with open(os.path.join(STATE, name), "a") as f:
         f.write("x")
+
+
+# A worker that exits normally (drained, recycled) runs the app's exit handlers.
+atexit.register(lambda: record(f"atexit-{os.getpid()}"))
 
 
 class Closing:

@@ -23,6 +23,10 @@ use self::server::Shared;
 use super::protocol::{BEAT_EVERY, LISTEN_FD, Report};
 use super::{Error, Result, WorkerArgs, python};
 
+/// How long the app's `atexit` handlers get once the worker has drained (Sentry's default flush
+/// takes up to 2 s).
+const EXIT_HANDLERS_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs worker process `id` until it has drained; never returns normally (the process exits).
 pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     let span = tracing::info_span!("worker", id, pid = std::process::id());
@@ -118,7 +122,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         requests = shared.requests.load(Ordering::Relaxed),
         "worker stopped"
     );
-    python::flush_stdio();
+    python::exit_handlers(EXIT_HANDLERS_LIMIT);
     // Python threads may be stuck in the app; the process ends without joining them.
     // SAFETY: _exit ends the process; nothing after it runs.
     unsafe { libc::_exit(0) }

@@ -69,11 +69,32 @@ pub fn spawn_threads(
 /// Flushes Python's stdout/stderr before the process exits without finalising the interpreter;
 /// gives up after a second, because a stuck app thread may never release the GIL.
 pub fn flush_stdio() {
+    at_exit(false, std::time::Duration::from_secs(1));
+}
+
+/// What a Python process does on a normal exit, short of finalising the interpreter (app threads
+/// may still be inside the app): runs the `atexit` handlers (log and metric flushers, as under
+/// gunicorn), then flushes stdout/stderr. Gives up after `limit`, since a stuck app thread may
+/// never release the GIL.
+pub fn exit_handlers(limit: std::time::Duration) {
+    at_exit(true, limit);
+}
+
+fn at_exit(handlers: bool, limit: std::time::Duration) {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
-        .name("kubewsgi-flush".into())
+        .name("kubewsgi-exit".into())
         .spawn(move || {
             Python::try_attach(|py| {
+                if handlers {
+                    // Exceptions inside handlers are printed by atexit itself, as at a normal exit.
+                    let run = py
+                        .import("atexit")
+                        .and_then(|m| m.call_method0("_run_exitfuncs"));
+                    if let Err(e) = run {
+                        e.print(py);
+                    }
+                }
                 if let Ok(sys) = py.import("sys") {
                     for s in ["stdout", "stderr"] {
                         let _ = sys.getattr(s).and_then(|f| f.call_method0("flush"));
@@ -83,6 +104,6 @@ pub fn flush_stdio() {
             let _ = tx.send(());
         });
     if spawned.is_ok() {
-        let _ = rx.recv_timeout(std::time::Duration::from_secs(1));
+        let _ = rx.recv_timeout(limit);
     }
 }
