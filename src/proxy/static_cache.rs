@@ -29,13 +29,14 @@ const BYPASS: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// What a cached answer depends on: the path, and the `Accept-Encoding` that chose its variant.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     path: String,
     accept_encoding: Option<HeaderValue>,
 }
 
-pub struct Entry {
+struct Entry {
     headers: HeaderMap,
     body: Bytes,
     stored: Instant,
@@ -155,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_and_size_is_bounded() {
+    fn entries_expire_and_large_files_are_not_kept() {
         let c = StaticCache::new(1 << 20, Duration::from_millis(50));
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
