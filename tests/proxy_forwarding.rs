@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 use proxy_support::*;
 
-fn json(resp: &str) -> serde_json::Value {
-    serde_json::from_str(body(resp)).unwrap_or_else(|e| panic!("{e}: {resp}"))
-}
-
 #[test]
 fn forwards_with_forwarded_headers_and_without_hop_by_hop() {
     let s = Stack::start(1, 4, &[]);

@@ -4,10 +4,12 @@
 
 #[path = "../capture/mod.rs"]
 mod capture;
+#[path = "../wire/mod.rs"]
+mod wire;
+pub use wire::*;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,15 +194,6 @@ pub fn digest(b: &[u8]) -> u64 {
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process killed (and reaped) on drop; its stdout is collected in `out`.
 pub struct Proc {
     pub child: Child,
@@ -353,62 +346,4 @@ impl Stack {
             b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         )
     }
-}
-
-/// One metric sample's value from Prometheus text (`name{labels}` exactly as printed).
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
-/// Sends raw bytes, reads until the server closes (or a timeout), returns the text.
-pub fn try_raw(addr: SocketAddr, req: &[u8], timeout: Duration) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(req)?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if out.is_empty() => return Err(e),
-            Err(_) => break,
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// [`try_raw`] with a generous timeout, panicking on connection errors.
-pub fn raw(addr: SocketAddr, req: &[u8]) -> String {
-    try_raw(addr, req, Duration::from_secs(30)).expect("raw request")
-}
-
-/// Status code of a raw HTTP/1.x response.
-pub fn status(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Body of a raw response (after the head).
-pub fn body(resp: &str) -> &str {
-    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
-/// Runs curl with args; returns (stdout, exit success).
-pub fn curl(args: &[&str]) -> (String, bool) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        out.status.success(),
-    )
 }

@@ -4,9 +4,11 @@
 
 #[path = "../capture/mod.rs"]
 mod capture;
+#[path = "../wire/mod.rs"]
+mod wire;
+pub use wire::*;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,15 +23,6 @@ pub fn root() -> PathBuf {
 /// The project venv (made by `scripts/setup`).
 pub fn venv() -> PathBuf {
     root().join(".venv")
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `kubewsgi run`.
@@ -167,52 +160,6 @@ impl Drop for Run {
     }
 }
 
-/// Sends raw bytes, reads until close (or 60 s).
-pub fn raw(addr: SocketAddr, req: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(req).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn status(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-pub fn body(resp: &str) -> &str {
-    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
-pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.split("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-}
-
-pub fn json(resp: &str) -> serde_json::Value {
-    serde_json::from_str(body(resp)).unwrap_or_else(|e| panic!("{e}: {resp}"))
-}
-
-/// One sample of a metric from Prometheus text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
 /// Runs Python code with the project venv; returns stdout (panics on failure).
 pub fn python(code: &str, args: &[&str]) -> String {
     let out = Command::new(venv().join("bin/python"))
@@ -227,19 +174,6 @@ pub fn python(code: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// curl with a generous timeout; (stdout, success).
-pub fn curl(args: &[&str]) -> (String, bool) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        out.status.success(),
-    )
 }
 
 /// The probe app's directory.
