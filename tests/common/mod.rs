@@ -2,6 +2,11 @@
 //! real HTTP client (hyper) over its Unix socket or TCP port, read its log, kill it on drop.
 #![allow(dead_code)]
 
+#[path = "../wire/mod.rs"]
+mod wire;
+#[allow(unused_imports)]
+pub use wire::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -299,13 +304,4 @@ pub async fn raw(t: &Target, bytes: &[u8], secs: u64) -> Vec<u8> {
     };
     let _ = tokio::time::timeout(Duration::from_secs(secs), run).await;
     out
-}
-
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
