@@ -18,10 +18,14 @@ pub struct RequestLabels {
     pub method: &'static str,
 }
 
+/// Every `kind` of `kubewsgi_upstream_errors_total`. Each series exists from start-up, at 0, so
+/// that `rate()` and alerts have something to read before the first failure.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "reset", "timeout", "body"];
+
 /// Labels of `kubewsgi_upstream_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// `connect`, `reset`, `timeout` or `body`.
+    /// One of [`UPSTREAM_ERROR_KINDS`].
     pub kind: &'static str,
 }
 
@@ -122,6 +126,9 @@ impl Metrics {
             "Open client connections",
             m.connections.clone(),
         );
+        for kind in UPSTREAM_ERROR_KINDS {
+            let _ = m.upstream_errors.get_or_create(&ErrorLabels { kind });
+        }
         Self { registry, ..m }
     }
 
@@ -138,6 +145,7 @@ impl Metrics {
 
     /// Counts one failure talking to the worker server.
     pub fn upstream_error(&self, kind: &'static str) {
+        debug_assert!(UPSTREAM_ERROR_KINDS.contains(&kind), "unknown kind {kind}");
         self.upstream_errors
             .get_or_create(&ErrorLabels { kind })
             .inc();
@@ -176,6 +184,15 @@ fn method_label(m: &http::Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_error_kinds_are_exported_before_any_failure() {
+        let text = Metrics::new().encode();
+        for kind in UPSTREAM_ERROR_KINDS {
+            let series = format!("kubewsgi_upstream_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&series), "{series} missing from\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_names() {

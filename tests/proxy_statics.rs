@@ -54,14 +54,6 @@ fn get(s: &Stack, path: &str, extra: &str) -> String {
     )
 }
 
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    let head = resp.split("\r\n\r\n").next().unwrap_or("");
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 #[test]
 fn files_types_etag_304_and_range() {
     let site = site();
@@ -130,6 +122,66 @@ fn files_types_etag_304_and_range() {
     );
     // Everything else goes to the app.
     assert_eq!(status(&get(s, "/staticky", "")), 200);
+}
+
+#[test]
+fn if_range_other_units_several_ranges_and_vary_on_304() {
+    let site = site();
+    let s = &site.stack;
+    let r = get(s, "/static/hello.txt", "");
+    let etag = header(&r, "etag").expect("etag").to_string();
+    let lm = header(&r, "last-modified")
+        .expect("last-modified")
+        .to_string();
+    let ranged = |if_range: &str| {
+        get(
+            s,
+            "/static/hello.txt",
+            &format!("Range: bytes=6-11\r\nIf-Range: {if_range}\r\n"),
+        )
+    };
+    // The validator names this version: the range is served.
+    for v in [etag.as_str(), lm.as_str()] {
+        let r = ranged(v);
+        assert_eq!((status(&r), body(&r)), (206, "static"), "If-Range {v}: {r}");
+    }
+    // It names another version (or is weak): the whole file, never a splice of two versions.
+    let weak = format!("W/{etag}");
+    for v in [
+        "\"another-version\"",
+        weak.as_str(),
+        "Mon, 01 Jan 2001 00:00:00 GMT",
+        "not a date",
+    ] {
+        let r = ranged(v);
+        assert_eq!(
+            (status(&r), body(&r)),
+            (200, "hello static\n"),
+            "If-Range {v}: {r}"
+        );
+    }
+    // Ranges the server does not take are ignored (RFC 9110 §14.2), not answered with 416.
+    for range in ["bytes=0-1,6-7", "items=0-1"] {
+        let r = get(s, "/static/hello.txt", &format!("Range: {range}\r\n"));
+        assert_eq!(
+            (status(&r), body(&r)),
+            (200, "hello static\n"),
+            "{range}: {r}"
+        );
+    }
+    assert_eq!(
+        status(&get(s, "/static/hello.txt", "Range: bytes=99-\r\n")),
+        416
+    );
+    // A 304 varies as its 200 does, so caches keep the gzip and plain answers apart.
+    assert_eq!(header(&r, "vary"), Some("accept-encoding"), "{r}");
+    let r = get(
+        s,
+        "/static/hello.txt",
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(status(&r), 304, "{r}");
+    assert_eq!(header(&r, "vary"), Some("accept-encoding"), "{r}");
 }
 
 #[test]

@@ -7,23 +7,46 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
+use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use super::buffer::{ProxyBody, full};
 use super::config::StaticMount;
 use super::static_cache::StaticCache;
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("accept-encoding");
 
 struct Mount {
     url: String,
     root: PathBuf,
     serve: ServeDir,
+}
+
+impl Mount {
+    /// `ServeDir`'s answer for `uri` (inside this mount) with the client's headers; `None` when
+    /// `uri` is not a valid request target.
+    async fn serve(
+        &self,
+        method: &Method,
+        uri: &str,
+        headers: HeaderMap,
+    ) -> Option<Response<ServeFileSystemResponseBody>> {
+        let mut inner = Request::builder().method(method.clone()).uri(uri);
+        if let Some(h) = inner.headers_mut() {
+            *h = headers;
+        }
+        let inner = inner
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let Ok(resp) = self.serve.clone().oneshot(inner).await;
+        Some(resp)
+    }
 }
 
 /// All static mounts, longest URL prefix first, and the cache in front of them.
@@ -51,7 +74,9 @@ impl Statics {
             } else {
                 m.url.clone()
             };
+            // Several ranges get the whole file (200), as RFC 9110 §14.2 allows, rather than 416.
             let serve = ServeDir::new(&root)
+                .ignore_multi_range_requests(true)
                 .precompressed_br()
                 .precompressed_gzip()
                 .redirect_path_prefix(prefix.clone());
@@ -94,18 +119,40 @@ impl Statics {
             Some(q) => format!("/{}?{q}", rest.trim_start_matches('/')),
             None => format!("/{}", rest.trim_start_matches('/')),
         };
-        let mut inner = Request::builder().method(req.method().clone()).uri(uri);
-        if let Some(h) = inner.headers_mut() {
-            *h = req.headers().clone();
+        let mut headers = req.headers().clone();
+        // A range in another unit is ignored, as RFC 9110 §14.2 asks; `ServeDir` would say 416.
+        if headers
+            .get(header::RANGE)
+            .is_some_and(|r| !r.as_bytes().starts_with(b"bytes="))
+        {
+            headers.remove(header::RANGE);
         }
-        let Ok(inner) = inner.body(http_body_util::Empty::<bytes::Bytes>::new()) else {
+        // `ServeDir` ignores If-Range: the range is served first, then dropped when the validator
+        // no longer names this file's version (RFC 9110 §13.1.5), so a resumed download never
+        // splices two versions.
+        let if_range = headers.remove(header::IF_RANGE);
+        let Some(mut resp) = mount.serve(req.method(), &uri, headers.clone()).await else {
             return status(StatusCode::BAD_REQUEST);
         };
-        let Ok(resp) = mount.serve.clone().oneshot(inner).await;
+        if let Some(v) = if_range
+            && resp.status() == StatusCode::PARTIAL_CONTENT
+            && !if_range_matches(&v, resp.headers())
+        {
+            headers.remove(header::RANGE);
+            let Some(whole) = mount.serve(req.method(), &uri, headers).await else {
+                return status(StatusCode::BAD_REQUEST);
+            };
+            resp = whole;
+        }
         let hashed = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
         let (mut parts, body) = resp.into_parts();
         if hashed && is_hashed_name(rest) {
             parts.headers.insert(header::CACHE_CONTROL, IMMUTABLE);
+        }
+        if parts.status == StatusCode::NOT_MODIFIED {
+            // A 304 carries the Vary its 200 would have (RFC 9110 §15.4.5); every mount has
+            // precompressed variants, so the answer always depends on Accept-Encoding.
+            parts.headers.insert(header::VARY, ACCEPT_ENCODING);
         }
         match key {
             Some(key) if self.cache.wants(parts.status, &parts.headers) => {
@@ -125,6 +172,22 @@ fn status(code: StatusCode) -> Response<ProxyBody> {
     let mut r = Response::new(full(code.canonical_reason().unwrap_or("")));
     *r.status_mut() = code;
     r
+}
+
+/// True when an `If-Range` validator names the version `headers` describe: a strong ETag equal
+/// to its ETag, or exactly its Last-Modified date. A weak ETag never matches.
+fn if_range_matches(v: &HeaderValue, headers: &HeaderMap) -> bool {
+    let v = v.as_bytes();
+    if v.starts_with(b"\"") {
+        return headers
+            .get(header::ETAG)
+            .is_some_and(|e| !e.as_bytes().starts_with(b"W/") && e.as_bytes() == v);
+    }
+    let date = |b: &[u8]| httpdate::parse_http_date(std::str::from_utf8(b).ok()?).ok();
+    match (date(v), headers.get(header::LAST_MODIFIED)) {
+        (Some(d), Some(lm)) => date(lm.as_bytes()) == Some(d),
+        _ => false,
+    }
 }
 
 /// True when the file (or a precompressed variant) resolves outside `root`, e.g. through a symlink.
