@@ -288,6 +288,53 @@ fn sighup_reloads_and_sigterm_drains() {
 }
 
 #[test]
+fn after_a_reload_no_request_reaches_a_retired_worker() {
+    let r = Run::start(
+        "probe:app",
+        &probe_dir(),
+        &["--workers", "2", "--threads", "4"],
+    );
+    let pid = |resp: &str| json(resp)["pid"].as_u64().unwrap();
+    // Eight requests at once leave eight idle upstream connections in the proxy.
+    let a = r.addr;
+    let old: std::collections::HashSet<u64> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                raw(
+                    a,
+                    b"GET /pid?sleep=0.3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| pid(&t.join().unwrap()))
+        .collect();
+    let logged = r.stderr().len();
+    r.signal(libc::SIGHUP);
+    let end = Instant::now() + Duration::from_secs(60);
+    while r.stderr()[logged..].matches("draining").count() < 2 {
+        assert!(
+            Instant::now() < end,
+            "old workers never drained: {}",
+            r.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The proxy reads the serving set every 250 ms; its pooled connections to the old workers
+    // would otherwise carry requests to old code for their whole idle time (3 s).
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..10 {
+        let resp = r.get("/pid");
+        assert_eq!(status(&resp), 200, "{resp}");
+        assert!(
+            !old.contains(&pid(&resp)),
+            "answered by a retired worker after the reload: {resp}"
+        );
+    }
+}
+
+#[test]
 fn bad_app_exits_non_zero_with_the_traceback() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

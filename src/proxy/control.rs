@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::admission::Admission;
-use super::upstream::Target;
+use super::upstream::{Target, Upstream};
 use crate::metrics::Metrics;
 
 /// How often the control socket is read.
@@ -39,6 +39,9 @@ pub struct Stats {
     pub max_workers: Option<u64>,
     #[serde(default)]
     pub boot_error: Option<String>,
+    /// Process ids of the workers serving now (retiring ones are left out).
+    #[serde(default)]
+    pub pids: Vec<i32>,
 }
 
 /// What the proxy knows about the worker server.
@@ -62,14 +65,16 @@ impl Stats {
 }
 
 /// Polls `path` forever, publishing [`WorkerStatus`] and following capacity. A worker server
-/// whose app socket is gone is not ready, however well its control socket answers.
+/// whose app socket is gone is not ready, however well its control socket answers. When a worker
+/// leaves the serving set, idle upstream connections are closed so none reaches a retiring one.
 pub async fn follow(
     path: PathBuf,
-    upstream: Target,
+    upstream: Arc<Upstream>,
     status: watch::Sender<WorkerStatus>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 ) {
+    let mut serving: Vec<i32> = Vec::new();
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,7 +91,11 @@ pub async fn follow(
                     .worker_max_capacity
                     .set(max.saturating_mul(stats.threads) as i64);
                 metrics.set_worker_restarts(stats.restarts);
-                let app_socket = app_socket_present(&upstream).await.err();
+                if serving.iter().any(|p| !stats.pids.contains(p)) {
+                    upstream.forget_idle();
+                }
+                serving.clone_from(&stats.pids);
+                let app_socket = app_socket_present(upstream.target()).await.err();
                 WorkerStatus {
                     reachable: true,
                     ready: stats.is_ready() && app_socket.is_none(),

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 pub struct Shared {
     pub opts: ProxyOpts,
     pub statics: Statics,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub trusted: TrustedProxies,
@@ -316,6 +316,11 @@ async fn exchange(
         }
     };
     let (head, incoming) = resp.into_parts();
+    if forwarded::says_close(&head.headers) {
+        // A draining worker closes each connection after one more answer; the other idle ones
+        // most likely lead to retiring workers too (a reload retires them all).
+        shared.upstream.forget_idle();
+    }
     if passthrough::wanted(&head.headers) {
         return Ok(Answer::Passed(head, incoming, lease));
     }

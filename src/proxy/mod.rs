@@ -146,9 +146,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let admission = admission::Admission::new(metrics.clone());
     let (status_tx, status_rx) = watch::channel(WorkerStatus::default());
+    let upstream = Arc::new(upstream::Upstream::new(target));
     let control = tokio::spawn(control::follow(
         cfg.control_socket.clone(),
-        target.clone(),
+        upstream.clone(),
         status_tx,
         admission.clone(),
         metrics.clone(),
@@ -157,7 +158,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let shared = Arc::new(handler::Shared {
         opts,
         statics,
-        upstream: upstream::Upstream::new(target),
+        upstream,
         admission,
         metrics,
         trusted,

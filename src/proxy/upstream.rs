@@ -200,6 +200,24 @@ impl Upstream {
         }
     }
 
+    /// The worker server's address.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Closes every idle connection, so that the next requests connect anew and only workers
+    /// still accepting take them: called when workers retire (a reload, a recycle, fewer workers),
+    /// which would otherwise answer on their old connections until those time out.
+    pub fn forget_idle(&self) {
+        let idle = std::mem::take(&mut *self.lock());
+        if !idle.is_empty() {
+            tracing::debug!(
+                connections = idle.len(),
+                "closing idle upstream connections"
+            );
+        }
+    }
+
     /// Puts a connection whose response was read whole back for the next request.
     pub fn release(&self, lease: Lease) {
         if lease.0.is_closed() {
