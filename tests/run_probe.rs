@@ -208,6 +208,47 @@ fn queue_timeout_answers_503() {
 }
 
 #[test]
+fn a_client_that_leaves_the_queue_is_no_longer_counted() {
+    let r = Run::start(
+        "probe:app",
+        &probe_dir(),
+        &["--threads", "1", "--queue-timeout", "60", "--timeout", "20"],
+    );
+    let a = r.addr;
+    let slow = std::thread::spawn(move || {
+        raw(
+            a,
+            b"GET /hold?sleep=6 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+    });
+    let depth = || metric(&r.admin_get("/metrics").1, "kubewsgi_queue_depth");
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric(&r.admin_get("/metrics").1, "kubewsgi_inflight_requests") != Some(1.0) {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut queued = TcpStream::connect(r.addr).unwrap();
+    queued
+        .write_all(b"GET /leaves HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    while depth() != Some(1.0) {
+        assert!(Instant::now() < end, "the request never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client gives up while it waits: the autoscaling signal must not keep counting it.
+    drop(queued);
+    while depth() != Some(0.0) {
+        assert!(
+            !slow.is_finished(),
+            "a request that left the queue was still counted as waiting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(&slow.join().unwrap()), 200);
+    assert_eq!(depth(), Some(0.0));
+}
+
+#[test]
 fn slow_clients_through_run() {
     let r = Run::start("probe:app", &probe_dir(), &["--threads", "1"]);
     let mut idle = Vec::new();

@@ -86,11 +86,11 @@ impl Admission {
         if let Ok(permit) = self.sem.clone().try_acquire_owned() {
             return Ok(self.slot(permit));
         }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.metrics.queue_depth.inc();
-        let res = tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.queue_depth.dec();
+        let res = {
+            // A guard, because a client that leaves while queued drops this future mid-wait.
+            let _queued = Queued::enter(self);
+            tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await
+        };
         match res {
             Ok(Ok(permit)) => Ok(self.slot(permit)),
             _ => Err(QueueTimeout),
@@ -103,6 +103,24 @@ impl Admission {
             permit: Some(permit),
             gate: self.clone(),
         }
+    }
+}
+
+/// One request counted as waiting (`kubewsgi_queue_depth`) for as long as it lives.
+struct Queued<'a>(&'a Admission);
+
+impl<'a> Queued<'a> {
+    fn enter(gate: &'a Admission) -> Self {
+        gate.waiting.fetch_add(1, Ordering::Relaxed);
+        gate.metrics.queue_depth.inc();
+        Self(gate)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.queue_depth.dec();
     }
 }
 
@@ -187,6 +205,25 @@ mod tests {
         assert!(g.acquire(Duration::from_millis(30)).await.is_err());
         drop((c, d));
         assert_eq!(g.sem.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        let g = gate(1);
+        let _held = g.acquire(Duration::from_secs(1)).await.unwrap();
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.acquire(Duration::from_secs(60)).await.is_ok() })
+        };
+        while g.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(g.metrics.queue_depth.get(), 1);
+        // What hyper does when the client disconnects: the request's future is dropped.
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(g.waiting(), 0);
+        assert_eq!(g.metrics.queue_depth.get(), 0);
     }
 
     #[tokio::test]
