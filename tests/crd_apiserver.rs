@@ -93,6 +93,15 @@ fn the_api_server_validates_wsgiapps() {
             "{image: i, app: 'x:y', proxy: {maxBodySize: '10 MB'}}",
             "spec.proxy.maxBodySize",
         ),
+        // Beyond 2^64 bytes: the proxy could not take it, so the API server does not either.
+        (
+            "{image: i, app: 'x:y', proxy: {maxBodySize: 99999999999999999999g}}",
+            "spec.proxy.maxBodySize",
+        ),
+        (
+            "{image: i, app: 'x:y', env: [{name: A, value: '1'}, {name: A, value: '2'}]}",
+            "spec.env[1]",
+        ),
         (
             "{image: i, app: 'x:y', static: [{urlPath: static, dir: s}]}",
             "spec.static[0].urlPath",

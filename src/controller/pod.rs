@@ -42,6 +42,9 @@ const PROXY_PRE_STOP_SECONDS: i64 = 5;
 const APP_PRE_STOP_SECONDS: i64 = 10;
 /// The worker server's default graceful timeout plus the pre-stop delay and a margin.
 const TERMINATION_GRACE_SECONDS: i64 = 45;
+/// Both containers report why they exited in their termination message, or else in their last
+/// log lines (the proxy's refusal of a flag, the app's import traceback).
+const FALLBACK_TO_LOGS: &str = "FallbackToLogsOnError";
 
 /// The pod template for `app`, with the config-hash annotation set.
 pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
@@ -78,6 +81,7 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
         ]),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
+        termination_message_policy: Some(FALLBACK_TO_LOGS.into()),
         lifecycle: Some(pre_stop_sleep(PROXY_PRE_STOP_SECONDS)),
         resources: spec.resources.proxy.clone(),
         security_context: Some(container_security()),
@@ -88,9 +92,11 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
         name: "app".into(),
         image: Some(spec.image.clone()),
         command: Some(worker_command(app)),
-        // The spec's variables come later, so a TMPDIR of the user's wins.
+        // A TMPDIR of the user's replaces the scratch directory (a name may appear only once).
         env: Some(
-            std::iter::once(tmpdir())
+            (!spec.env.iter().any(|e| e.name == "TMPDIR"))
+                .then(tmpdir)
+                .into_iter()
                 .chain(spec.env.iter().cloned())
                 .collect(),
         ),
@@ -98,7 +104,7 @@ pub fn template(app: &WsgiApp, proxy_image: &str) -> PodTemplateSpec {
         lifecycle: Some(pre_stop_sleep(APP_PRE_STOP_SECONDS)),
         resources: spec.resources.app.clone(),
         security_context: Some(container_security()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        termination_message_policy: Some(FALLBACK_TO_LOGS.into()),
         volume_mounts: Some(vec![
             mount("run", RUN_DIR, false),
             mount("tmp", TMP_DIR, false),
@@ -353,4 +359,65 @@ fn config_hash(template: &PodTemplateSpec) -> String {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(env: serde_json::Value) -> WsgiApp {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubewsgi.io/v1alpha1", "kind": "WsgiApp",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"image": "i", "app": "m:app", "env": env}
+        }))
+        .unwrap()
+    }
+
+    fn env_of(t: &PodTemplateSpec, container: &str) -> Vec<(String, Option<String>)> {
+        let spec = t.spec.as_ref().unwrap();
+        let c = spec
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .unwrap();
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_tmpdir_of_the_user_replaces_the_scratch_one() {
+        let scratch = ("TMPDIR".to_string(), Some(TMP_DIR.to_string()));
+        let t = template(&app(serde_json::json!([{"name": "A", "value": "1"}])), "p");
+        assert_eq!(
+            env_of(&t, "app"),
+            vec![scratch.clone(), ("A".into(), Some("1".into()))]
+        );
+        // Server-side apply refuses a container env with a name twice, so the user's wins alone.
+        let t = template(
+            &app(serde_json::json!([{"name": "TMPDIR", "value": "/x"}])),
+            "p",
+        );
+        assert_eq!(
+            env_of(&t, "app"),
+            vec![("TMPDIR".into(), Some("/x".into()))]
+        );
+        assert_eq!(env_of(&t, "proxy"), vec![scratch]);
+    }
+
+    #[test]
+    fn both_containers_fall_back_to_their_logs_for_the_termination_message() {
+        let t = template(&app(serde_json::json!([])), "p");
+        for c in &t.spec.unwrap().containers {
+            assert_eq!(
+                c.termination_message_policy.as_deref(),
+                Some(FALLBACK_TO_LOGS),
+                "{}",
+                c.name
+            );
+        }
+    }
 }

@@ -14,8 +14,10 @@ use super::status::WsgiAppStatus;
 /// `module:callable`, `module:factory()` (arguments allowed) or `path/file.py:callable`.
 pub const APP_PATTERN: &str = r"^([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|[^:\s]+\.py):[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\(.*\))?$";
 
-/// A byte size as the proxy accepts it: `1048576`, `512k`, `10m`, `1g`.
-pub const SIZE_PATTERN: &str = r"^[0-9]+([kKmMgG][bB]?)?$";
+/// A byte size as the proxy accepts it: `1048576`, `512k`, `10m`, `1g`. The digit counts keep
+/// every match below 2^64 bytes, so nothing the API server admits is refused by the proxy.
+pub const SIZE_PATTERN: &str =
+    r"^([0-9]{1,18}|[0-9]{1,15}[kK][bB]?|[0-9]{1,12}[mM][bB]?|[0-9]{1,9}[gG][bB]?)$";
 
 /// A Python WSGI app served by the kubewsgi front proxy and worker server.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -100,8 +102,9 @@ pub struct WsgiAppSpec {
     #[serde(default)]
     pub service: ServiceSpec,
 
-    /// Environment variables of the app container.
+    /// Environment variables of the app container, each name once; `TMPDIR` replaces the scratch directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
 
     /// Environment of the app container taken from ConfigMaps and Secrets.

@@ -168,6 +168,18 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("1x").is_err());
         assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999999g").is_err());
+        // The largest sizes the WsgiApp schema admits (`crd::SIZE_PATTERN`) all parse.
+        for s in [
+            "999999999999999999",
+            "999999999999999k",
+            "999999999999999KB",
+            "999999999999m",
+            "999999999g",
+            "999999999Gb",
+        ] {
+            assert!(parse_size(s).is_ok(), "{s}");
+        }
     }
 
     #[test]
