@@ -292,3 +292,53 @@ async fn tls_key_only_from_a_read_only_secret_volume() {
     }
     drop(op);
 }
+
+/// A spec the WsgiApp schema admits but the API server refuses for the Deployment (a pod label
+/// value with spaces): the refusal shows in the WsgiApp's status, and fixing the spec clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_apply_is_reported_in_the_status_until_the_spec_is_fixed() {
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    let client: Client = cp.kube_client().await;
+    let ns = "refused";
+    namespace(&client, ns, &[]).await;
+    let _op = Operator::start(&cp, &["--namespace", ns]);
+    let apps = Api::<WsgiApp>::namespaced(client.clone(), ns);
+    let deps = Api::<Deployment>::namespaced(client.clone(), ns);
+    let mut bad = app(ns, "labelled", "example.test/l:1", None);
+    bad.spec.pod_template.labels = [("tier".to_string(), "front end!".to_string())].into();
+    apps.create(&PostParams::default(), &bad).await.unwrap();
+
+    let c = eventually("Degraded: ReconcileFailed", || async {
+        let app = apps.get("labelled").await.ok()?;
+        let c = app.status?.condition("Degraded")?.clone();
+        (c.reason == "ReconcileFailed").then_some(c)
+    })
+    .await;
+    assert_eq!(c.status, "True");
+    assert!(
+        c.message.contains("labels") && c.message.contains("front end!"),
+        "the message does not say what was refused: {}",
+        c.message
+    );
+    assert!(deps.get_opt("labelled").await.unwrap().is_none());
+
+    apps.patch(
+        "labelled",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"podTemplate": {"labels": {"tier": "front-end"}}}})),
+    )
+    .await
+    .unwrap();
+    eventually("the Deployment", || async {
+        deps.get_opt("labelled").await.ok().flatten()
+    })
+    .await;
+    let c = eventually("Degraded recomputed", || async {
+        let app = apps.get("labelled").await.ok()?;
+        let c = app.status?.condition("Degraded")?.clone();
+        (c.reason != "ReconcileFailed").then_some(c)
+    })
+    .await;
+    assert_eq!(c.status, "False", "{c:?}");
+}

@@ -61,13 +61,53 @@ pub async fn reconcile(app: Arc<WsgiApp>, ctx: Arc<Context>) -> Result<Action> {
         .reconciles
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("failure map lock")
-            .remove(&key(&app));
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .expect("failure map lock")
+                .remove(&key(&app));
+        }
+        Err(e) => report_failure(&app, &ctx, e).await,
     }
     result
+}
+
+/// Says where the user looks (`Degraded` = `ReconcileFailed`, and a Warning event) why the API
+/// server refused what the controller applies: such a refusal does not go away by retrying.
+/// Errors that do (a conflict, throttling, an API server restarting) are only retried.
+async fn report_failure(app: &WsgiApp, ctx: &Context, error: &Error) {
+    let Error::Kube(kube::Error::Api(s)) = error else {
+        return;
+    };
+    if matches!(s.code, 404 | 409 | 429 | 503 | 504) {
+        return;
+    }
+    let Some(ns) = app.namespace() else { return };
+    let message = error.to_string();
+    let Some(conditions) = status::reconcile_failed(app, &message, Timestamp::now()) else {
+        return;
+    };
+    let patch = serde_json::json!({ "status": { "conditions": conditions } });
+    let api = Api::<WsgiApp>::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = api
+        .patch_status(
+            &app.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the failure in the status");
+    }
+    publish(
+        ctx,
+        app,
+        EventType::Warning,
+        status::RECONCILE_FAILED,
+        message,
+    )
+    .await;
 }
 
 /// Requeues a failed WsgiApp with exponential backoff (1 s doubling to 5 min).

@@ -15,6 +15,7 @@ const FAILING_REASONS: &[&str] = &[
     "CrashLoopBackOff",
     "ImagePullBackOff",
     "ErrImagePull",
+    "ErrImageNeverPull",
     "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
@@ -46,6 +47,41 @@ impl OwnedStatus {
             && s.selector.as_deref() == Some(&self.selector)
             && s.url.as_deref() == Some(&self.url)
     }
+}
+
+/// Reason of `Degraded` while the API server refuses what the controller applies.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+
+/// The conditions of `app` with `Degraded` saying the reconcile failed with `message`; `None`
+/// when they already say so (a retry writes nothing). The next successful reconcile recomputes
+/// `Degraded` and clears it.
+pub fn reconcile_failed(app: &WsgiApp, message: &str, now: Timestamp) -> Option<Vec<Condition>> {
+    let message = tail(message.to_string());
+    let old = app.status.clone().unwrap_or_default();
+    let before = old.condition(DEGRADED);
+    if before
+        .is_some_and(|c| c.status == "True" && c.reason == RECONCILE_FAILED && c.message == message)
+    {
+        return None;
+    }
+    let degraded = Condition {
+        type_: DEGRADED.into(),
+        status: "True".into(),
+        reason: RECONCILE_FAILED.into(),
+        message,
+        observed_generation: app.metadata.generation,
+        last_transition_time: before
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now)),
+    };
+    let mut conditions: Vec<Condition> = old
+        .conditions
+        .into_iter()
+        .filter(|c| c.type_ != DEGRADED)
+        .collect();
+    conditions.push(degraded);
+    Some(conditions)
 }
 
 /// One condition before its transition time is settled.
@@ -235,11 +271,26 @@ fn pod_failure(pods: &[Pod]) -> Option<PodFailure> {
 fn container_failure(pod: &str, cs: &ContainerStatus) -> Option<PodFailure> {
     let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
     let waiting_reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");
-    let reason = FAILING_REASONS
+    let terminated = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let running = cs.state.as_ref().is_some_and(|s| s.running.is_some());
+    let reason = match FAILING_REASONS
         .iter()
         .copied()
-        .find(|r| *r == waiting_reason)?;
-    let terminated = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        .find(|r| *r == waiting_reason)
+    {
+        Some(r) => r,
+        // Between two back-offs a crash-looping container runs, not yet ready, for a few seconds:
+        // still the same failure, with the same message, so the condition neither flips nor
+        // rewrites the status each cycle.
+        None if running
+            && !cs.ready
+            && cs.restart_count > 0
+            && terminated.is_some_and(|t| t.exit_code != 0) =>
+        {
+            "CrashLoopBackOff"
+        }
+        None => return None,
+    };
     let mut message = format!("pod {pod} container {}: {reason}", cs.name);
     if let Some(t) = terminated {
         message.push_str(&format!(" (exit code {})", t.exit_code));
@@ -271,6 +322,78 @@ fn tail(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn crashed(state: serde_json::Value, ready: bool) -> ContainerStatus {
+        serde_json::from_value(serde_json::json!({
+            "name": "app", "image": "i", "imageID": "", "ready": ready, "restartCount": 14,
+            "state": state,
+            "lastState": {"terminated": {"exitCode": 3, "message": "ImportError: no module x"}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crash_loop_stays_failing_while_the_container_runs_between_restarts() {
+        let waiting = crashed(
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            false,
+        );
+        let running = crashed(
+            serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}),
+            false,
+        );
+        let a = container_failure("p", &waiting).expect("waiting in back-off fails");
+        let b = container_failure("p", &running).expect("running again, not ready, fails");
+        assert_eq!(
+            (a.reason, b.reason),
+            ("CrashLoopBackOff", "CrashLoopBackOff")
+        );
+        assert_eq!(a.message, b.message);
+        assert!(
+            a.message
+                .ends_with("(exit code 3): ImportError: no module x"),
+            "{}",
+            a.message
+        );
+        // Once it serves again, the earlier crash no longer counts.
+        let recovered = crashed(
+            serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}),
+            true,
+        );
+        assert!(container_failure("p", &recovered).is_none());
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_said_once_in_degraded() {
+        let mut app: WsgiApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubewsgi.io/v1alpha1", "kind": "WsgiApp",
+            "metadata": {"name": "a", "namespace": "n", "generation": 2},
+            "spec": {"image": "i", "app": "m:app"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "False", "reason": "PodsNotReady", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        let now = Timestamp::now();
+        let conds = reconcile_failed(&app, "refused: env duplicate", now).expect("a change");
+        assert_eq!(conds.len(), 2);
+        assert_eq!(conds[0].type_, READY, "other conditions are kept");
+        let d = &conds[1];
+        assert_eq!(
+            (d.type_.as_str(), d.status.as_str(), d.reason.as_str()),
+            (DEGRADED, "True", RECONCILE_FAILED)
+        );
+        assert_eq!(d.message, "refused: env duplicate");
+        assert_eq!(d.last_transition_time, Time(now));
+        assert_eq!(d.observed_generation, Some(2));
+        app.status.as_mut().unwrap().conditions = conds;
+        assert!(
+            reconcile_failed(&app, "refused: env duplicate", now).is_none(),
+            "the same failure again writes nothing"
+        );
+    }
 
     #[test]
     fn long_messages_keep_their_end() {
