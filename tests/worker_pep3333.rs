@@ -9,6 +9,10 @@ use bytes::Bytes;
 use common::{Conn, Server, raw, request};
 
 fn start(extra: &[&str]) -> Server {
+    start_with_timeout("20", extra)
+}
+
+fn start_with_timeout(timeout: &str, extra: &[&str]) -> Server {
     let state = tempfile::tempdir().unwrap().keep();
     let mut args = vec![
         "--chdir",
@@ -16,7 +20,7 @@ fn start(extra: &[&str]) -> Server {
         "--threads",
         "4",
         "--timeout",
-        "20",
+        timeout.to_owned().leak(),
     ];
     args.extend_from_slice(extra);
     Server::start_with("pep3333:app", &args, |c| {
@@ -323,13 +327,29 @@ async fn response_rules() {
         .unwrap();
     assert_eq!(r.text(), "123");
     closed_once(&s, "cl_first_gen").await;
-    match request(t, "GET", "/raw/cl_short", &[], Bytes::new()).await {
-        Err(e) => assert!(e.contains("closed"), "{e}"),
-        Ok(r) => assert!(
-            r.body_error.is_some(),
-            "a short body must not look complete: {r:?}"
-        ),
+    // Less than announced: every byte the app sent arrives, then the connection closes (the
+    // client sees the body is short), whether the body came whole or streamed.
+    for path in ["/raw/cl_short", "/raw/cl_short_list", "/raw/cl_short_gen"] {
+        let t0 = std::time::Instant::now();
+        let got = raw(
+            t,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            20,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(text.contains("content-length: 10\r\n"), "{path}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\n12345"),
+            "{path}: bytes lost: {text}"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(4),
+            "{path}: the connection was not closed after the short body"
+        );
     }
+    closed_once(&s, "cl_short_gen").await;
     // Hop-by-hop headers from the app are dropped; `Connection: close` is honoured.
     let mut c = Conn::open(t).await.unwrap();
     let r = c.send("GET", "/raw/hop", &[], Bytes::new()).await.unwrap();
@@ -431,4 +451,20 @@ async fn close_is_called_on_normal_end_and_on_client_abort() {
         );
     }
     assert!(!c.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_is_called_when_the_deadline_cuts_a_stream() {
+    let s = start_with_timeout("1", &[]);
+    s.ready(1).await;
+    // 200 chunks 50 ms apart: the 1 s deadline cuts it and the worker is replaced.
+    let req = b"GET /slow_stream?id=deadline HTTP/1.1\r\nHost: x\r\n\r\n";
+    let got = raw(&s.target, req, 20).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200") && got.len() < 200 * 1024,
+        "{}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    // The retiring worker waits for the app to notice the cut before it exits.
+    closed_once(&s, "abort-deadline").await;
 }

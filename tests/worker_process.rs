@@ -199,6 +199,21 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         tokio::spawn(async move { request(&t, "GET", "/sleep?s=2", &[], Bytes::new()).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.signal(libc::SIGTERM);
+    // New connections are refused at once rather than held until the drain ends.
+    let sock = s.dir.path().join("app.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the socket stayed open for new connections while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tokio::net::UnixStream::connect(&sock).await.is_err());
+    assert!(
+        !inflight.is_finished(),
+        "checked while the request was in flight"
+    );
     let r = inflight.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().starts_with("slept"));

@@ -66,7 +66,8 @@ impl Stats {
 
 /// Polls `path` forever, publishing [`WorkerStatus`] and following capacity. A worker server
 /// whose app socket is gone is not ready, however well its control socket answers. When a worker
-/// leaves the serving set, idle upstream connections are closed so none reaches a retiring one.
+/// leaves the serving set for another, idle upstream connections are closed so none reaches a
+/// retiring one.
 pub async fn follow(
     path: PathBuf,
     upstream: Arc<Upstream>,
@@ -91,7 +92,9 @@ pub async fn follow(
                     .worker_max_capacity
                     .set(max.saturating_mul(stats.threads) as i64);
                 metrics.set_worker_restarts(stats.restarts);
-                if serving.iter().any(|p| !stats.pids.contains(p)) {
+                // Only when others serve in their place: while the whole worker server stops,
+                // its draining workers still answer on the connections they have.
+                if !stats.pids.is_empty() && serving.iter().any(|p| !stats.pids.contains(p)) {
                     upstream.forget_idle();
                 }
                 serving.clone_from(&stats.pids);

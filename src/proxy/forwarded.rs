@@ -69,14 +69,6 @@ pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// True when the `Connection` header says `close`: the sender closes after this message.
-pub fn says_close(h: &HeaderMap) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    })
-}
-
 /// Removes the headers that describe one connection only (RFC 9110 §7.6.1), including every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {

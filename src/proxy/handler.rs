@@ -316,11 +316,6 @@ async fn exchange(
         }
     };
     let (head, incoming) = resp.into_parts();
-    if forwarded::says_close(&head.headers) {
-        // A draining worker closes each connection after one more answer; the other idle ones
-        // most likely lead to retiring workers too (a reload retires them all).
-        shared.upstream.forget_idle();
-    }
     if passthrough::wanted(&head.headers) {
         return Ok(Answer::Passed(head, incoming, lease));
     }

@@ -108,6 +108,7 @@ async fn supervise(
     };
     let child_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     tracing::info!(listen = %listener.describe, workers = args.opts.workers, threads = args.opts.threads, app = %args.opts.app, "master started");
+    let mut listener = Some(listener);
     loop {
         let now = Instant::now();
         let actions = tokio::select! {
@@ -125,15 +126,27 @@ async fn supervise(
                 }
                 a
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); pool.stop(now) }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); pool.stop(now) }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                stop_listening(&mut listener, &args);
+                pool.stop(now)
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                stop_listening(&mut listener, &args);
+                pool.stop(now)
+            }
             _ = hup.recv() => { tracing::info!("SIGHUP: replacing workers"); pool.reload(now) }
             _ = ttin.recv() => pool.resize(1, now),
             _ = ttou.recv() => pool.resize(-1, now),
         };
         for a in actions {
             match a {
-                Action::Spawn(id) => match spawn(&exe, &child_args, id, &listener, tx.clone()) {
+                Action::Spawn(id) => match listener
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("no longer listening"))
+                    .and_then(|l| spawn(&exe, &child_args, id, l, tx.clone()))
+                {
                     Ok(pid) => {
                         tracing::info!(worker = id, pid, "worker started");
                         pool.set_pid(id, pid);
@@ -153,6 +166,17 @@ async fn supervise(
             tracing::info!("all workers stopped");
             return Ok(0);
         }
+    }
+}
+
+/// Draining: new connections are refused at once (the socket file is gone, and the listening
+/// socket closes as the workers stop accepting) instead of waiting in the backlog for the whole
+/// drain and then being reset; a client or proxy can go elsewhere right away.
+fn stop_listening(listener: &mut Option<Listener>, args: &WorkerArgs) {
+    if listener.take().is_some()
+        && let Some(p) = &args.socket
+    {
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -191,6 +191,13 @@ def raw(environ, start_response):
     if path == "/cl_short":
         start_response("200 OK", [("Content-Length", "10")])
         return [b"12345"]
+    if path == "/cl_short_list":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"123", b"45"]
+    if path == "/cl_short_gen":
+        # Streamed (a pause between chunks), and still short.
+        start_response("200 OK", [("Content-Length", "10")])
+        return Closing([b"123", b"45"], "cl_short_gen", delay=0.2)
     if path == "/cl_long":
         start_response("200 OK", [("Content-Length", "3")])
         return [b"1234567890"]

@@ -1,5 +1,6 @@
 //! The response body handed to hyper: a whole buffer or a stream fed by a Python thread,
-//! with the request deadline enforced while it streams.
+//! with the request deadline enforced while it streams. A body that ends early does not fail
+//! at once: it waits for a [`super::cut`] so the bytes before the break reach the client.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
+use super::cut::FLUSH_LIMIT;
 use super::job::{BodyBroken, Chunk};
 use super::server::{ConnGuard, Shared};
 
@@ -22,7 +24,9 @@ enum Kind {
 pub struct RespBody {
     kind: Kind,
     shared: Option<Arc<Shared>>,
-    _guard: Option<ConnGuard>,
+    guard: Option<ConnGuard>,
+    /// Set once the body broke: how long it still waits for its connection to be cut.
+    cutting: Option<Pin<Box<Sleep>>>,
 }
 
 impl RespBody {
@@ -30,7 +34,8 @@ impl RespBody {
         RespBody {
             kind: Kind::Full(Some(data), false),
             shared: None,
-            _guard: guard,
+            guard,
+            cutting: None,
         }
     }
 
@@ -39,7 +44,8 @@ impl RespBody {
         RespBody {
             kind: Kind::Full(Some(data), true),
             shared: None,
-            _guard: guard,
+            guard,
+            cutting: None,
         }
     }
 
@@ -52,7 +58,24 @@ impl RespBody {
         RespBody {
             kind: Kind::Stream(rx, deadline.map(Box::pin)),
             shared: Some(shared),
-            _guard: guard,
+            guard,
+            cutting: None,
+        }
+    }
+
+    /// Ends the body early: pauses until the connection is cut after its last bytes are flushed,
+    /// failing (which drops what hyper still buffers) only if that takes [`FLUSH_LIMIT`].
+    fn cut(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyBroken>>> {
+        let Some(guard) = &self.guard else {
+            return Poll::Ready(Some(Err(BodyBroken)));
+        };
+        guard.cut();
+        let limit = self
+            .cutting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_LIMIT)));
+        match limit.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyBroken))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -66,18 +89,21 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyBroken>>> {
         let this = self.get_mut();
+        if this.cutting.is_some() {
+            return this.cut(cx);
+        }
         match &mut this.kind {
             Kind::Full(data, short) => match data.take() {
                 Some(d) if !d.is_empty() => Poll::Ready(Some(Ok(Frame::data(d)))),
-                _ if *short => {
-                    *short = false;
-                    Poll::Ready(Some(Err(BodyBroken)))
-                }
+                _ if *short => this.cut(cx),
                 _ => Poll::Ready(None),
             },
             Kind::Stream(rx, deadline) => {
-                if let Poll::Ready(item) = rx.poll_recv(cx) {
-                    return Poll::Ready(item.map(|c| c.map(Frame::data)));
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(d))) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    Poll::Ready(Some(Err(BodyBroken))) => return this.cut(cx),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => {}
                 }
                 if let Some(d) = deadline
                     && d.as_mut().poll(cx).is_ready()
@@ -89,7 +115,7 @@ impl Body for RespBody {
                         );
                         s.retire("timeout");
                     }
-                    return Poll::Ready(Some(Err(BodyBroken)));
+                    return this.cut(cx);
                 }
                 Poll::Pending
             }

@@ -2,6 +2,7 @@
 //! inherited from the master, runs the app on `--threads` Python threads.
 
 pub mod body;
+pub mod cut;
 pub mod job;
 pub mod queue;
 pub mod reply;
@@ -26,6 +27,10 @@ use super::{Error, Result, WorkerArgs, python};
 /// How long the app's `atexit` handlers get once the worker has drained (Sentry's default flush
 /// takes up to 2 s).
 const EXIT_HANDLERS_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long requests still in the app after the drain (a response cut at the deadline, a
+/// client gone) get to notice and run their iterable's `close()`, as PEP 3333 requires.
+const APP_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs worker process `id` until it has drained; never returns normally (the process exits).
 pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
@@ -114,6 +119,10 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     tracing::info!(threads = opts.threads, "worker ready");
     let _ = start_tx.send(());
     let _ = io.join();
+    let finish_by = std::time::Instant::now() + APP_FINISH_LIMIT;
+    while shared.busy.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < finish_by {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     shared.reporter.send(&Report::Beat {
         busy: shared.busy.load(Ordering::Relaxed),
         requests: shared.requests.load(Ordering::Relaxed),

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::body::RespBody;
+use super::cut::{Cut, FlushWatch};
 use super::job::{Input, Job, Peer, Reply, ReplyBody};
 use super::reply::{ReplyRx, Wakes};
 use super::report::Reporter;
@@ -102,7 +103,16 @@ impl Drop for ConnGuard {
     }
 }
 
+impl ConnGuard {
+    /// Closes the connection once what was written so far is flushed (see [`super::cut`]).
+    pub fn cut(&self) {
+        self.conn.cut.request();
+    }
+}
+
 struct ConnState {
+    /// Set by a response that must end the connection early.
+    cut: Arc<Cut>,
     /// No request seen yet: the connection still holds the load slot it took when accepted.
     fresh: AtomicBool,
     inflight: AtomicU32,
@@ -205,7 +215,9 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: Peer,
     shared: Arc<Shared>,
 ) {
+    let cut = Arc::new(Cut::default());
     let state = Arc::new(ConnState {
+        cut: cut.clone(),
         fresh: AtomicBool::new(true),
         inflight: AtomicU32::new(0),
         last_done_ms: AtomicU64::new(0),
@@ -219,7 +231,7 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(1 << 20)
-        .serve_connection(TokioIo::new(io), svc);
+        .serve_connection(TokioIo::new(FlushWatch::new(io, cut.clone())), svc);
     tokio::pin!(conn);
     let keep_alive = shared.keep_alive.max(Duration::from_millis(10));
     let mut closing = false;
@@ -238,6 +250,8 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         };
         tokio::select! {
             _ = conn.as_mut() => break,
+            // A response ended early and its last bytes are out: closing tells the client.
+            _ = cut.ready() => break,
             _ = tokio::time::sleep(wait), if !closing => {
                 // A connection opened ahead of use (a client's pool warming up) gives its slot
                 // back soon, so it cannot keep the worker from accepting others for long.
