@@ -333,7 +333,7 @@ async fn handle(
         Waited::Lost => {
             return Ok(plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal server error\n",
+                "Internal Server Error\n",
                 Some(guard),
             ));
         }

@@ -40,7 +40,7 @@ impl Input {
             Some(Err(_)) => {
                 self.rx = None;
                 Err(PyOSError::new_err(
-                    "client disconnected while sending the request body",
+                    "the request body broke off (the client left, or sent a malformed chunk)",
                 ))
             }
             None => {
