@@ -204,4 +204,22 @@ async fn builtin_autoscaler_follows_the_queue() {
         (deps.get("gated").await.unwrap().spec?.replicas? == 1).then_some(())
     })
     .await;
+
+    // Autoscaling turned off: the autoscaler's status fields do not linger.
+    apps.patch(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"autoscaling": {"enabled": false}}})),
+    )
+    .await
+    .unwrap();
+    eventually("the autoscaler's status fields cleared", || async {
+        let st = apps.get("gated").await.unwrap().status?;
+        (st.desired_replicas.is_none()
+            && st.queue_depth.is_none()
+            && st.concurrency.is_none()
+            && st.last_scale_time.is_none())
+        .then_some(())
+    })
+    .await;
 }

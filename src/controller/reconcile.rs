@@ -175,9 +175,16 @@ async fn reconcile_inner(app: &WsgiApp, ctx: &Context) -> Result<Action> {
         .await?
         .items;
     let new = status::compute(app, &deployment, &pods, Timestamp::now());
-    if !new.matches(app) {
+    // The builtin autoscaler's fields go once it no longer scales this app.
+    let leftovers = !scale::builtin_owns_replicas(app) && status::has_autoscaler_fields(app);
+    if !new.matches(app) || leftovers {
         let api = Api::<WsgiApp>::namespaced(client.clone(), &ns);
-        let patch = serde_json::json!({ "status": new });
+        let mut patch = serde_json::json!({ "status": new });
+        if leftovers {
+            for field in status::AUTOSCALER_FIELDS {
+                patch["status"][field] = serde_json::Value::Null;
+            }
+        }
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -49,6 +49,24 @@ impl OwnedStatus {
     }
 }
 
+/// Status fields only the builtin autoscaler writes.
+pub const AUTOSCALER_FIELDS: [&str; 4] = [
+    "desiredReplicas",
+    "queueDepth",
+    "concurrency",
+    "lastScaleTime",
+];
+
+/// Whether the status still holds fields of the builtin autoscaler.
+pub fn has_autoscaler_fields(app: &WsgiApp) -> bool {
+    app.status.as_ref().is_some_and(|s| {
+        s.desired_replicas.is_some()
+            || s.queue_depth.is_some()
+            || s.concurrency.is_some()
+            || s.last_scale_time.is_some()
+    })
+}
+
 /// Reason of `Degraded` while the API server refuses what the controller applies.
 pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 
