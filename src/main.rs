@@ -40,13 +40,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, "info");
     match cli.command {
-        Command::Run(args) => run::main(args).context("kubewsgi run"),
+        Command::Run(args) => run::main(args, cli.log_format).context("kubewsgi run"),
         Command::Worker(args) => worker::main(args).context("kubewsgi worker"),
         Command::Proxy(args) => proxy::main(args).context("kubewsgi proxy"),
         Command::Controller(args) => controller::main(args).context("kubewsgi controller"),
         Command::Crd => {
-            print!("{}", crd::crd_yaml());
-            Ok(())
+            use std::io::Write;
+            match std::io::stdout().write_all(crd::crd_yaml().as_bytes()) {
+                // `kubewsgi crd | head`: the reader has all it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.context("writing the CRD"),
+            }
         }
     }
 }

@@ -5,13 +5,16 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::os::unix::fs::PermissionsExt;
+
 use crate::proxy::{self, ProxyOpts};
+use crate::telemetry::LogFormat;
 use crate::worker::WorkerOpts;
 
 /// How long `run` waits for the app to import before it announces itself anyway.
@@ -45,6 +48,9 @@ pub enum Error {
         context: &'static str,
         source: std::io::Error,
     },
+    /// A worker server flag is wrong.
+    #[error(transparent)]
+    Worker(crate::worker::Error),
     /// The worker server stopped on its own (e.g. the app cannot be imported).
     #[error("the worker server exited ({0}); the app could not be served, see its output above")]
     WorkerExited(ExitStatus),
@@ -57,17 +63,22 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-/// Runs proxy and worker server until SIGTERM/SIGINT has drained both.
-pub fn main(args: RunArgs) -> Result<()> {
+/// Runs proxy and worker server until SIGTERM/SIGINT has drained both; the worker server logs
+/// in `log_format` too.
+pub fn main(args: RunArgs, log_format: LogFormat) -> Result<()> {
+    // The worker server's own checks, so a bad worker flag is refused before any port is bound.
+    crate::worker::config::validate(&args.worker).map_err(Error::Worker)?;
     proxy::runtime(args.proxy.io_threads)
         .map_err(io("starting the runtime"))?
-        .block_on(run(args))
+        .block_on(run(args, log_format))
 }
 
-async fn run(args: RunArgs) -> Result<()> {
-    // mkdtemp: private (0700) to this user, removed on exit.
+async fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
+    // Private to this user whatever the umask: whoever reaches the worker's socket bypasses the
+    // proxy's limits and sets X-Forwarded-* at will. Removed on exit.
     let dir = tempfile::Builder::new()
         .prefix("kubewsgi-run-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(io("creating the socket directory"))?;
     let app_sock = dir.path().join("app.sock");
@@ -82,7 +93,7 @@ async fn run(args: RunArgs) -> Result<()> {
     })
     .await?;
 
-    let mut child = spawn_worker(&args.worker, &app_sock, &control_sock)?;
+    let mut child = spawn_worker(&args.worker, log_format, &app_sock, &control_sock)?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
     let mut hup = signal(SignalKind::hangup()).map_err(io("installing signal handlers"))?;
 
@@ -146,13 +157,30 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn spawn_worker(opts: &WorkerOpts, app_sock: &Path, control_sock: &Path) -> Result<Child> {
+fn spawn_worker(
+    opts: &WorkerOpts,
+    log_format: LogFormat,
+    app_sock: &Path,
+    control_sock: &Path,
+) -> Result<Child> {
     let exe = std::env::current_exe().map_err(io("finding the kubewsgi executable"))?;
     // Locally a broken import should end `run` at once with the traceback, not be retried.
     let mut opts = opts.clone();
-    opts.max_boot_failures = 1;
+    opts.max_boot_failures.get_or_insert(1);
     let mut cmd = Command::new(exe);
-    cmd.arg("worker")
+    // Everything the worker server needs is passed as flags below; `run`'s own KUBEWSGI_*
+    // variables (KUBEWSGI_BIND is the proxy's address) must not become the child's.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KUBEWSGI_") {
+            cmd.env_remove(k);
+        }
+    }
+    let format = log_format
+        .to_possible_value()
+        .expect("every format has a name");
+    cmd.arg("--log-format")
+        .arg(format.get_name())
+        .arg("worker")
         .args(opts.to_args())
         .arg("--socket")
         .arg(app_sock)

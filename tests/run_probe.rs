@@ -5,6 +5,7 @@ mod run_support;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use run_support::*;
@@ -373,6 +374,92 @@ fn after_a_reload_no_request_reaches_a_retired_worker() {
             "answered by a retired worker after the reload: {resp}"
         );
     }
+}
+
+#[test]
+fn run_keeps_its_environment_and_its_sockets_to_itself() {
+    use std::os::unix::process::CommandExt;
+    let logs = tempfile::tempdir().unwrap();
+    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubewsgi"));
+    cmd.args(["--log-format", "json", "run", "probe:app", "--chdir"])
+        .arg(probe_dir())
+        .args(["--scale-up-after", "0.5"])
+        // The address from the environment is `run`'s own: the worker server must not read it.
+        .env("KUBEWSGI_BIND", addr.to_string())
+        .env("VIRTUAL_ENV", venv())
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    // SAFETY: umask(2) only, between fork and exec. A careless umask must not open the worker's
+    // socket to other users.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let end = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("kubewsgi: serving")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none() && Instant::now() < end,
+            "no serving line: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        status(&raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )),
+        200
+    );
+    let log = std::fs::read_to_string(&err).unwrap();
+    let dir = log
+        .split('"')
+        .find_map(|s| s.strip_prefix("unix:")?.strip_suffix("/app.sock"))
+        .unwrap_or_else(|| panic!("no socket path in the log: {log}"));
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{dir}");
+    // The worker server logs in the format `run` was given, so every line parses.
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_bad_worker_flag_is_refused_before_any_port_is_bound() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubewsgi"))
+        .args(["run", "probe:app", "--chdir"])
+        .arg(probe_dir())
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .args(["--min-workers", "3", "--max-workers", "1"])
+        .env("VIRTUAL_ENV", venv())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--min-workers 3 is above --max-workers 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("proxy listening"),
+        "bound before refusing: {err}"
+    );
 }
 
 #[test]

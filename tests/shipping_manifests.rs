@@ -60,6 +60,27 @@ async fn chart_and_manifests_install_and_grant_just_enough() {
         !bad.status.success(),
         "values.schema.json let replicaCount=0 through"
     );
+    let racing = cp.helm([
+        "template",
+        "x",
+        chart,
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "leaderElect=false",
+    ]);
+    assert!(
+        !racing.status.success(),
+        "values.schema.json let several replicas reconcile without leader election"
+    );
+    // Watching one namespace, the rights are granted in that namespace only.
+    let one_ns = cp.helm(["template", "x", chart, "--set", "watchNamespace=apps"]);
+    let one_ns = text(&one_ns);
+    assert!(!one_ns.contains("kind: ClusterRole"), "{one_ns}");
+    assert!(
+        one_ns.contains("kind: Role\nmetadata:\n  name: x-kubewsgi\n  namespace: apps"),
+        "{one_ns}"
+    );
     let monitor = cp.helm([
         "template",
         "x",

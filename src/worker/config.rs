@@ -60,10 +60,22 @@ pub struct WorkerOpts {
     #[arg(long, env = "KUBEWSGI_RELOAD")]
     pub reload: bool,
 
-    /// Give up (exit status 3) after this many failed app imports while no worker has booted (0 = retry forever).
-    #[arg(long, env = "KUBEWSGI_MAX_BOOT_FAILURES", default_value_t = 5)]
-    pub max_boot_failures: u32,
+    /// Give up (exit status 3) after this many failed app imports while no worker has booted
+    /// (0 = retry forever; default 5, and 1 in `kubewsgi run`, where a broken import ends it at once).
+    #[arg(long, env = "KUBEWSGI_MAX_BOOT_FAILURES")]
+    pub max_boot_failures: Option<u32>,
+
+    /// In-pod autoscaling: seconds all threads must stay busy before a worker is added.
+    #[arg(long, env = "KUBEWSGI_SCALE_UP_AFTER", default_value = "1", value_parser = parse_seconds)]
+    pub scale_up_after: Duration,
+
+    /// In-pod autoscaling: seconds a worker's worth of threads must stay idle before one is retired.
+    #[arg(long, env = "KUBEWSGI_SCALE_DOWN_AFTER", default_value = "30", value_parser = parse_seconds)]
+    pub scale_down_after: Duration,
 }
+
+/// Failed imports the worker server retries by default before it gives up.
+pub const MAX_BOOT_FAILURES: u32 = 5;
 
 /// Parses a duration given in (possibly fractional) seconds: `30`, `0.5`.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -113,9 +125,16 @@ impl WorkerOpts {
             "--keep-alive",
             self.keep_alive.as_secs_f64().to_string().into(),
         );
+        if let Some(n) = self.max_boot_failures {
+            opt("--max-boot-failures", n.to_string().into());
+        }
         opt(
-            "--max-boot-failures",
-            self.max_boot_failures.to_string().into(),
+            "--scale-up-after",
+            self.scale_up_after.as_secs_f64().to_string().into(),
+        );
+        opt(
+            "--scale-down-after",
+            self.scale_down_after.as_secs_f64().to_string().into(),
         );
         if self.reload {
             a.push("--reload".into());
@@ -154,7 +173,7 @@ mod tests {
         assert_eq!(format!("{:?}", cmd.opts), format!("{:?}", again.opts));
         assert_eq!(again.opts.timeout, Duration::from_millis(2500));
         assert_eq!(again.opts.max_workers, Some(5));
-        assert_eq!(again.opts.max_boot_failures, 1);
+        assert_eq!(again.opts.max_boot_failures, Some(1));
     }
 
     #[test]

@@ -68,9 +68,11 @@ pub fn pool_config(args: &WorkerArgs) -> Result<PoolConfig> {
         autoscale,
         graceful_timeout: o.graceful_timeout,
         heartbeat_timeout: o.timeout.max(Duration::from_secs(10)),
-        max_boot_failures: o.max_boot_failures,
-        scale_up_after: args.scale_up_after,
-        scale_down_after: args.scale_down_after,
+        max_boot_failures: o
+            .max_boot_failures
+            .unwrap_or(super::config::MAX_BOOT_FAILURES),
+        scale_up_after: o.scale_up_after,
+        scale_down_after: o.scale_down_after,
     })
 }
 
@@ -197,7 +199,10 @@ async fn give_up(
         .unwrap_or("the app could not be loaded")
         .to_string();
     tracing::error!(
-        failures = args.opts.max_boot_failures,
+        failures = args
+            .opts
+            .max_boot_failures
+            .unwrap_or(super::config::MAX_BOOT_FAILURES),
         "the app failed to boot too often, giving up:\n{tb}"
     );
     if let Some(path) = termination_log(args)

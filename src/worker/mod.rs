@@ -18,7 +18,6 @@ pub mod python;
 pub mod child;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 
@@ -59,14 +58,6 @@ pub struct WorkerArgs {
         value_delimiter = ','
     )]
     pub forwarded_allow_ips: Vec<String>,
-
-    /// In-pod autoscaling: seconds all threads must stay busy before a worker is added.
-    #[arg(long, env = "KUBEWSGI_SCALE_UP_AFTER", default_value = "1", value_parser = config::parse_seconds)]
-    pub scale_up_after: Duration,
-
-    /// In-pod autoscaling: seconds a worker's worth of threads must stay idle before one is retired.
-    #[arg(long, env = "KUBEWSGI_SCALE_DOWN_AFTER", default_value = "30", value_parser = config::parse_seconds)]
-    pub scale_down_after: Duration,
 }
 
 /// Errors of the worker server.
