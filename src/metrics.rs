@@ -20,7 +20,7 @@ pub struct RequestLabels {
 
 /// Every `kind` of `kubewsgi_upstream_errors_total`. Each series exists from start-up, at 0, so
 /// that `rate()` and alerts have something to read before the first failure.
-pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "reset", "timeout", "body"];
+pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "reset", "invalid", "timeout", "body"];
 
 /// Labels of `kubewsgi_upstream_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -216,6 +216,20 @@ fn upstream_errors_502_504_and_retry() {
         b"GET /flaky HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status(&r), 200, "{r}");
+    // A complete answer the proxy cannot take (over 100 headers): 502, and the GET is not run
+    // again, since the app has already acted on it.
+    let before = s.app.state.requests.load(Ordering::SeqCst);
+    let r = raw(
+        s.addr,
+        b"GET /many?cookies=150 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&r), 502, "{r}");
+    assert_eq!(s.app.state.requests.load(Ordering::SeqCst), before + 1);
+    let r = raw(
+        s.addr,
+        b"GET /many?cookies=50 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
     // A POST is not (the app may have acted on it).
     s.app
         .state
@@ -253,6 +267,11 @@ fn upstream_errors_502_504_and_retry() {
     );
     assert_eq!(
         metric(&m, "kubewsgi_requests_total{code=\"504\",method=\"GET\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "kubewsgi_upstream_errors_total{kind=\"invalid\"}"),
         Some(1.0),
         "{m}"
     );

@@ -308,7 +308,7 @@ async fn exchange(
         *req.headers_mut() = parts.headers.clone();
         match shared.upstream.send(req, fresh).await {
             Ok(r) => break r,
-            Err(f) if !fresh && (f == Failure::Connect || idempotent) => {
+            Err(f) if !fresh && (f == Failure::Connect || (f == Failure::Reset && idempotent)) => {
                 tracing::debug!(kind = f.kind(), "retrying on a fresh upstream connection");
                 fresh = true;
             }

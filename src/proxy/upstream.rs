@@ -119,6 +119,9 @@ pub enum Failure {
     Connect,
     /// The connection broke before a response head arrived.
     Reset,
+    /// The response head arrived but could not be taken (over hyper's 100 headers or ~400 KB):
+    /// the app ran, so the request is not tried again.
+    Invalid,
 }
 
 impl Failure {
@@ -127,6 +130,7 @@ impl Failure {
         match self {
             Failure::Connect => "connect",
             Failure::Reset => "reset",
+            Failure::Invalid => "invalid",
         }
     }
 }
@@ -193,6 +197,9 @@ impl Upstream {
                 // failed connect.
                 Err(if e.message().is_some() {
                     Failure::Connect
+                } else if err.is_parse() {
+                    tracing::error!(error = %err, "the app's response head cannot be passed on; answering 502");
+                    Failure::Invalid
                 } else {
                     Failure::Reset
                 })

@@ -166,6 +166,14 @@ async fn app_route(
         let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
         return Ok(Response::new(Full::new(Bytes::from(data))));
     }
+    if let Some(n) = query.get("cookies").and_then(|v| v.parse::<usize>().ok()) {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"many headers")));
+        for i in 0..n {
+            resp.headers_mut()
+                .append("set-cookie", format!("c{i}=v").parse().unwrap());
+        }
+        return Ok(resp);
+    }
     let digest = body
         .iter()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64));
