@@ -62,6 +62,12 @@ async fn environ_has_every_required_key_with_native_strings() {
     assert_eq!(e["HTTP_COOKIE"], "a=1; b=2");
     assert_eq!(e["HTTP_X_UNDER"], "kept", "x_under must not alias x-under");
     assert_eq!(e["HTTP_HOST"], "test.local");
+    // Without a venv, sys.executable still names a Python (multiprocessing's spawn starts it).
+    let exe = s.get("/executable").await.text();
+    assert!(
+        std::path::Path::new(&exe).is_file() && exe.contains("python3"),
+        "sys.executable = {exe:?}"
+    );
     assert_eq!(e["SERVER_NAME"], "test.local");
     assert_eq!(e["SERVER_PORT"], "80");
     assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");

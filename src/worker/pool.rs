@@ -287,6 +287,8 @@ impl Pool {
                         pid = s.pid,
                         "worker heartbeat stopped, killing it"
                     );
+                    // Replaced like a crashed worker, and counted like one.
+                    self.restarts += 1;
                     out.push(Action::Kill(s.id));
                     s.state = State::Retiring {
                         since: now,

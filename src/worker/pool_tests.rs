@@ -158,6 +158,13 @@ fn silent_worker_is_killed() {
         a.contains(&Action::Kill(ids[0])) && !a.contains(&Action::Kill(ids[1])),
         "{a:?}"
     );
+    assert_eq!(
+        p.stats().restarts,
+        1,
+        "a killed silent worker counts as a restart"
+    );
+    p.exited(ids[0], t + Duration::from_secs(12));
+    assert_eq!(p.stats().restarts, 1, "and only once");
 }
 
 #[test]

@@ -139,6 +139,9 @@ def checked(environ, start_response):
         start_response("299 Custom Reason", [("Content-Type", "text/plain"), ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
                                               ("Server", "mine"), ("X-Multi", "1"), ("X-Multi", "2"), ("X-Latin", "caf\xe9")])
         return [b"ok"]
+    if path == "/executable":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [sys.executable.encode()]
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]

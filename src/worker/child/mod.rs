@@ -78,6 +78,7 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         keep_alive: opts.keep_alive,
         epoch: Instant::now(),
         draining: AtomicBool::new(false),
+        drain_started: std::sync::OnceLock::new(),
         drain: drain_tx,
         conns: AtomicUsize::new(0),
         load: AtomicU32::new(0),
@@ -119,7 +120,14 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
     tracing::info!(threads = opts.threads, "worker ready");
     let _ = start_tx.send(());
     let _ = io.join();
-    let finish_by = std::time::Instant::now() + APP_FINISH_LIMIT;
+    // Within what is left of --graceful-timeout: a drain that used it all does not overrun it.
+    let grace_left = shared
+        .drain_started
+        .get()
+        .map_or(std::time::Duration::ZERO, |t| {
+            opts.graceful_timeout.saturating_sub(t.elapsed())
+        });
+    let finish_by = std::time::Instant::now() + APP_FINISH_LIMIT.min(grace_left);
     while shared.busy.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < finish_by {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

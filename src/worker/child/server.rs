@@ -22,6 +22,9 @@ use super::job::{Input, Job, Peer, Reply, ReplyBody};
 use super::reply::{ReplyRx, Wakes};
 use super::report::Reporter;
 
+/// How long a client may take to send a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long an accepted connection without a request counts as load.
 const FRESH_SLOT: Duration = Duration::from_millis(100);
 
@@ -41,6 +44,8 @@ pub struct Shared {
     pub epoch: Instant,
     pub draining: AtomicBool,
     pub drain: watch::Sender<bool>,
+    /// When the drain began; `--graceful-timeout` counts from here.
+    pub drain_started: std::sync::OnceLock<Instant>,
     pub conns: AtomicUsize,
     /// Requests in flight plus accepted connections that have not sent one yet.
     pub load: AtomicU32,
@@ -62,6 +67,7 @@ impl Shared {
     /// Stop accepting and drain (SIGTERM, master gone).
     pub fn start_drain(&self) {
         if !self.draining.swap(true, Ordering::SeqCst) {
+            let _ = self.drain_started.set(Instant::now());
             self.drain.send_replace(true);
         }
     }
@@ -231,6 +237,10 @@ async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(1 << 20)
+        // A head that stops half-way is dropped (behind the proxy it never happens; on `--bind`
+        // it would hold a connection for good). The idle keep-alive limit below comes first.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT.max(shared.keep_alive + Duration::from_secs(1)))
         .serve_connection(TokioIo::new(FlushWatch::new(io, cut.clone())), svc);
     tokio::pin!(conn);
     let keep_alive = shared.keep_alive.max(Duration::from_millis(10));

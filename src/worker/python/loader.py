@@ -6,6 +6,15 @@ import os
 import sys
 
 
+# Without a venv the embedding has no interpreter binary to name, and CPython leaves
+# sys.executable empty; multiprocessing's spawn and forkserver start it, so name the one this
+# libpython belongs to.
+if not sys.executable:
+    _exe = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    if os.access(_exe, os.X_OK):
+        sys.executable = sys._base_executable = _exe
+
+
 def _resolve(obj, dotted, where):
     for part in dotted.split("."):
         try:
