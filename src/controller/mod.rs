@@ -66,7 +66,7 @@ pub struct ControllerArgs {
     pub namespace: Option<String>,
 
     /// Take a `coordination.k8s.io` Lease so only one replica reconciles.
-    #[arg(long, env = "KUBEWSGI_LEADER_ELECT")]
+    #[arg(long, env = "KUBEWSGI_LEADER_ELECT", value_parser = clap::builder::BoolishValueParser::new())]
     pub leader_elect: bool,
 
     /// Namespace of the leader Lease (default: `POD_NAMESPACE`, else the kubeconfig's namespace).

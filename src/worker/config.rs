@@ -57,7 +57,7 @@ pub struct WorkerOpts {
     pub keep_alive: Duration,
 
     /// Restart workers when a Python source file under the app directory changes (development).
-    #[arg(long, env = "KUBEWSGI_RELOAD")]
+    #[arg(long, env = "KUBEWSGI_RELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub reload: bool,
 
     /// Give up (exit status 3) after this many failed app imports while no worker has booted
