@@ -1,6 +1,7 @@
 //! `kubewsgi run`: the local default, proxy and worker server wired exactly as in a pod.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -10,8 +11,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
-
-use std::os::unix::fs::PermissionsExt;
 
 use crate::proxy::{self, ProxyOpts};
 use crate::telemetry::LogFormat;

@@ -184,6 +184,19 @@ fn capacity_queue_timeouts_and_metrics() {
     }
 }
 
+/// Sends a request that keeps the app's only thread for `secs`, and returns once it is in flight.
+fn hold_the_only_thread(r: &Run, secs: u32) -> std::thread::JoinHandle<String> {
+    let a = r.addr;
+    let req = format!("GET /hold?sleep={secs} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let slow = std::thread::spawn(move || raw(a, req.as_bytes()));
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric(&r.admin_get("/metrics").1, "kubewsgi_inflight_requests") != Some(1.0) {
+        assert!(Instant::now() < end, "the slow request never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    slow
+}
+
 #[test]
 fn queue_timeout_answers_503() {
     let r = Run::start(
@@ -191,18 +204,7 @@ fn queue_timeout_answers_503() {
         &probe_dir(),
         &["--threads", "1", "--queue-timeout", "1", "--timeout", "20"],
     );
-    let a = r.addr;
-    let slow = std::thread::spawn(move || {
-        raw(
-            a,
-            b"GET /hold?sleep=4 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-    });
-    let end = Instant::now() + Duration::from_secs(10);
-    while metric(&r.admin_get("/metrics").1, "kubewsgi_inflight_requests") != Some(1.0) {
-        assert!(Instant::now() < end);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let slow = hold_the_only_thread(&r, 4);
     let resp = r.get("/waits");
     assert_eq!(status(&resp), 503, "{resp}");
     assert_eq!(status(&slow.join().unwrap()), 200);
@@ -215,19 +217,9 @@ fn a_client_that_leaves_the_queue_is_no_longer_counted() {
         &probe_dir(),
         &["--threads", "1", "--queue-timeout", "60", "--timeout", "20"],
     );
-    let a = r.addr;
-    let slow = std::thread::spawn(move || {
-        raw(
-            a,
-            b"GET /hold?sleep=6 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-    });
+    let slow = hold_the_only_thread(&r, 6);
     let depth = || metric(&r.admin_get("/metrics").1, "kubewsgi_queue_depth");
     let end = Instant::now() + Duration::from_secs(10);
-    while metric(&r.admin_get("/metrics").1, "kubewsgi_inflight_requests") != Some(1.0) {
-        assert!(Instant::now() < end);
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let mut queued = TcpStream::connect(r.addr).unwrap();
     queued
         .write_all(b"GET /leaves HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -382,14 +374,10 @@ fn run_keeps_its_environment_and_its_sockets_to_itself() {
     let logs = tempfile::tempdir().unwrap();
     let (out, err) = (logs.path().join("out"), logs.path().join("err"));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubewsgi"));
-    cmd.args(["--log-format", "json", "run", "probe:app", "--chdir"])
-        .arg(probe_dir())
-        .args(["--scale-up-after", "0.5"])
+    let mut cmd = command("probe:app", &probe_dir());
+    cmd.args(["--log-format", "json", "--scale-up-after", "0.5"])
         // The address from the environment is `run`'s own: the worker server must not read it.
         .env("KUBEWSGI_BIND", addr.to_string())
-        .env("VIRTUAL_ENV", venv())
-        .env_remove("RUST_BACKTRACE")
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap());
     // SAFETY: umask(2) only, between fork and exec. A careless umask must not open the worker's
@@ -441,13 +429,9 @@ fn run_keeps_its_environment_and_its_sockets_to_itself() {
 
 #[test]
 fn a_bad_worker_flag_is_refused_before_any_port_is_bound() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubewsgi"))
-        .args(["run", "probe:app", "--chdir"])
-        .arg(probe_dir())
+    let out = command("probe:app", &probe_dir())
         .args(["--bind", &format!("127.0.0.1:{}", free_port())])
         .args(["--min-workers", "3", "--max-workers", "1"])
-        .env("VIRTUAL_ENV", venv())
-        .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

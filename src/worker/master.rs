@@ -60,6 +60,15 @@ pub fn pool_config(args: &WorkerArgs) -> Result<PoolConfig> {
     } else {
         (1, 1024)
     };
+    if !(min..=max).contains(&o.workers) {
+        tracing::warn!(
+            workers = o.workers,
+            min_workers = min,
+            max_workers = max,
+            starting = o.workers.clamp(min, max),
+            "--workers is outside --min-workers..--max-workers; starting within them"
+        );
+    }
     Ok(PoolConfig {
         workers: o.workers,
         threads: o.threads,

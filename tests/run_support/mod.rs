@@ -25,6 +25,19 @@ pub fn venv() -> PathBuf {
     root().join(".venv")
 }
 
+/// `kubewsgi run APP --chdir DIR` with the project venv and without backtraces in its errors.
+pub fn command(app: &str, chdir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubewsgi"));
+    c.arg("run")
+        .arg(app)
+        .arg("--chdir")
+        .arg(chdir)
+        .env("VIRTUAL_ENV", venv())
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    c
+}
+
 /// A running `kubewsgi run`.
 pub struct Run {
     pub child: Child,
@@ -39,18 +52,11 @@ impl Run {
     pub fn spawn(app: &str, chdir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kubewsgi"))
-            .arg("run")
-            .arg(app)
-            .arg("--chdir")
-            .arg(chdir)
+        let mut child = command(app, chdir)
             .args(["--bind", &addr.to_string(), "--admin", &admin.to_string()])
             .args(extra)
-            .env("VIRTUAL_ENV", venv())
             // Its own process group, like a shell job, so a terminal's Ctrl-C can be imitated.
             .process_group(0)
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
