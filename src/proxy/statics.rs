@@ -131,10 +131,12 @@ impl Statics {
         // no longer names this file's version (RFC 9110 §13.1.5), so a resumed download never
         // splices two versions.
         let if_range = headers.remove(header::IF_RANGE);
-        let Some(mut resp) = mount.serve(req.method(), &uri, headers.clone()).await else {
+        // Only a request that may need a second answer keeps a copy of its headers.
+        let whole_file = if_range.as_ref().map(|_| headers.clone());
+        let Some(mut resp) = mount.serve(req.method(), &uri, headers).await else {
             return status(StatusCode::BAD_REQUEST);
         };
-        if let Some(v) = if_range
+        if let (Some(v), Some(mut headers)) = (if_range, whole_file)
             && resp.status() == StatusCode::PARTIAL_CONTENT
             && !if_range_matches(&v, resp.headers())
         {

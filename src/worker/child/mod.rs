@@ -127,8 +127,8 @@ pub fn run(id: u64, args: WorkerArgs) -> Result<()> {
         .map_or(std::time::Duration::ZERO, |t| {
             opts.graceful_timeout.saturating_sub(t.elapsed())
         });
-    let finish_by = std::time::Instant::now() + APP_FINISH_LIMIT.min(grace_left);
-    while shared.busy.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < finish_by {
+    let finish_by = Instant::now() + APP_FINISH_LIMIT.min(grace_left);
+    while shared.busy.load(Ordering::Relaxed) > 0 && Instant::now() < finish_by {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     shared.reporter.send(&Report::Beat {
